@@ -208,9 +208,8 @@ class AtomsBatch(NamedTuple):
     @classmethod
     def from_graphs_tuple(cls, graph) -> "AtomsBatch":
         """Inverse of :meth:`to_graphs_tuple`."""
-        n = graph.nodes["positions"].shape[0]
         graph_index = np.repeat(
-            np.arange(len(graph.n_node), dtype=np.int32), np.asarray(graph.n_node), total_repeat_length=n
+            np.arange(len(graph.n_node), dtype=np.int32), np.asarray(graph.n_node)
         )
         return cls(
             positions=graph.nodes["positions"],

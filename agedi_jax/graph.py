@@ -369,6 +369,163 @@ def _fixed_mask(atoms: Any) -> np.ndarray:
     return mask
 
 
+class EncodedStructure(NamedTuple):
+    """One validated structure, encoded on the host, ready to be collated into batches."""
+
+    positions: np.ndarray  # [N, 3] float64, Å
+    types: np.ndarray  # [N] int32
+    cell: np.ndarray  # [3, 3] float64
+    pbc: np.ndarray  # [3] bool
+    fixed: np.ndarray  # [N] bool
+    label: int
+    senders: np.ndarray  # [E] int32 local indices
+    receivers: np.ndarray  # [E] int32 local indices
+    shifts: np.ndarray  # [E, 3] float64
+
+    @property
+    def num_atoms(self) -> int:
+        return len(self.types)
+
+    @property
+    def num_edges(self) -> int:
+        return len(self.senders)
+
+
+def encode_structures(
+    atoms_list: Sequence[Any],
+    vocab: TypeVocab,
+    cutoff: float,
+    *,
+    labels: Sequence[int] | None = None,
+    label_key: str | None = None,
+    fixed: Sequence[np.ndarray] | None = None,
+    max_atoms: int | None = None,
+    masked_types: bool = False,
+) -> list[EncodedStructure]:
+    """Validate and encode structures (with their edge templates) for :func:`collate`.
+
+    Arguments as in :func:`batch_from_atoms`. Encoding a data set once and collating random
+    subsets is much cheaper than rebuilding templates for every batch.
+    """
+    if len(atoms_list) == 0:
+        raise StructureError("empty list of structures: nothing to batch")
+    if cutoff <= 0 or not math.isfinite(cutoff):
+        raise ValueError(f"cutoff must be a positive number of Å, got {cutoff}")
+    if labels is None and label_key is not None:
+        labels = []
+        for k, atoms in enumerate(atoms_list):
+            if label_key not in atoms.info:
+                raise StructureError(f"{_describe(k, atoms)}: no label {label_key!r} in atoms.info")
+            labels.append(int(atoms.info[label_key]))
+    if labels is not None and len(labels) != len(atoms_list):
+        raise ValueError(f"{len(labels)} labels for {len(atoms_list)} structures")
+    if fixed is not None and len(fixed) != len(atoms_list):
+        raise ValueError(f"{len(fixed)} fixed masks for {len(atoms_list)} structures")
+
+    out = []
+    for k, atoms in enumerate(atoms_list):
+        validate_atoms(atoms, k, vocab)
+        na = len(atoms)
+        if max_atoms is not None and na > max_atoms:
+            raise StructureError(
+                f"{_describe(k, atoms)}: {na} atoms is more than the configured "
+                f"maximum of {max_atoms} atoms per structure"
+            )
+        f = _fixed_mask(atoms) if fixed is None else np.asarray(fixed[k], bool)
+        if f.shape != (na,):
+            raise StructureError(f"{_describe(k, atoms)}: fixed mask of shape {f.shape}, expected ({na},)")
+        types = vocab.encode(atoms.get_chemical_symbols())
+        if masked_types:
+            types = np.where(f, types, MASK).astype(np.int32)
+        cell = np.asarray(atoms.cell, np.float64).copy()
+        pbc = np.asarray(atoms.pbc, bool).copy()
+        snd, rcv, shf = edge_template(na, cell, pbc, cutoff)
+        out.append(
+            EncodedStructure(
+                positions=np.asarray(atoms.positions, np.float64).copy(),
+                types=types,
+                cell=cell,
+                pbc=pbc,
+                fixed=f,
+                label=0 if labels is None else int(labels[k]),
+                senders=snd,
+                receivers=rcv,
+                shifts=shf,
+            )
+        )
+    return out
+
+
+def collate(encoded: Sequence[EncodedStructure], bucket: Bucket | None = None) -> AtomsBatch:
+    """Pad encoded structures into one :class:`AtomsBatch` (numpy arrays).
+
+    ``bucket`` defaults to the smallest ladder bucket that fits (:func:`bucket_for`); a
+    bucket that is too small raises :class:`StructureError`.
+    """
+    if len(encoded) == 0:
+        raise StructureError("empty list of structures: nothing to batch")
+    real_nodes = sum(s.num_atoms for s in encoded)
+    real_edges = sum(s.num_edges for s in encoded)
+    real_graphs = len(encoded)
+    needed = bucket_for(real_nodes, real_edges, real_graphs)
+    if bucket is None:
+        bucket = needed
+    elif (
+        bucket.n_node < real_nodes + 1
+        or bucket.n_edge < real_edges + 1
+        or bucket.n_graph < real_graphs + 1
+    ):
+        raise StructureError(
+            f"batch of {real_graphs} structures, {real_nodes} atoms, {real_edges} template edges "
+            f"does not fit the padding {bucket} (one padding atom, edge and graph are always "
+            f"reserved); the smallest bucket that fits is {needed}"
+        )
+    n, e, g = bucket.n_node, bucket.n_edge, bucket.n_graph
+    sizes = np.array([s.num_atoms for s in encoded])
+    esizes = np.array([s.num_edges for s in encoded])
+    node_off = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+
+    def pad(parts, length, fill, dtype, tail=()):
+        out = np.full((length,) + tail, fill, dtype)
+        cat = np.concatenate(parts) if len(parts) else np.zeros((0,) + tail, dtype)
+        out[: len(cat)] = cat
+        return out
+
+    graph_index = pad([np.full(k, i, np.int32) for i, k in enumerate(sizes)], n, g - 1, np.int32)
+    senders = pad([s.senders + o for s, o in zip(encoded, node_off)], e, n - 1, np.int32)
+    receivers = pad([s.receivers + o for s, o in zip(encoded, node_off)], e, n - 1, np.int32)
+    cell = np.zeros((g, 3, 3), np.float64)
+    cell[:real_graphs] = np.stack([s.cell for s in encoded])
+    pbc = np.zeros((g, 3), bool)
+    pbc[:real_graphs] = np.stack([s.pbc for s in encoded])
+    graph_mask = np.arange(g) < real_graphs
+    label = np.zeros(g, np.int32)
+    label[:real_graphs] = [s.label for s in encoded]
+    n_node = np.zeros(g, np.int32)
+    n_node[:real_graphs] = sizes
+    n_node[g - 1] = n - real_nodes
+    n_edge = np.zeros(g, np.int32)
+    n_edge[:real_graphs] = esizes
+    n_edge[g - 1] = e - real_edges
+    return AtomsBatch(
+        positions=pad([s.positions for s in encoded], n, 0.0, np.float64, (3,)),
+        types=pad([s.types for s in encoded], n, MASK, np.int32),
+        cell=cell,
+        pbc=pbc,
+        node_mask=np.arange(n) < real_nodes,
+        graph_mask=graph_mask,
+        graph_index=graph_index,
+        n_node=n_node,
+        label=label,
+        fixed=pad([s.fixed for s in encoded], n, False, bool),
+        senders=senders,
+        receivers=receivers,
+        shifts=pad([s.shifts for s in encoded], e, 0.0, np.float64, (3,)),
+        edge_mask=np.arange(e) < real_edges,
+        n_edge=n_edge,
+    )
+
+
 def batch_from_atoms(
     atoms_list: Sequence[Any],
     vocab: TypeVocab,
@@ -400,114 +557,17 @@ def batch_from_atoms(
       An :class:`AtomsBatch` of numpy arrays; ``jax.numpy`` converts it at the jit
       boundary (float32 unless x64 is enabled).
     """
-    if len(atoms_list) == 0:
-        raise StructureError("empty list of structures: nothing to batch")
-    if cutoff <= 0 or not math.isfinite(cutoff):
-        raise ValueError(f"cutoff must be a positive number of Å, got {cutoff}")
-    for k, atoms in enumerate(atoms_list):
-        validate_atoms(atoms, k, vocab)
-        if max_atoms is not None and len(atoms) > max_atoms:
-            raise StructureError(
-                f"{_describe(k, atoms)}: {len(atoms)} atoms is more than the configured "
-                f"maximum of {max_atoms} atoms per structure"
-            )
-
-    if labels is None and label_key is not None:
-        labels = []
-        for k, atoms in enumerate(atoms_list):
-            if label_key not in atoms.info:
-                raise StructureError(f"{_describe(k, atoms)}: no label {label_key!r} in atoms.info")
-            labels.append(int(atoms.info[label_key]))
-    if labels is not None and len(labels) != len(atoms_list):
-        raise ValueError(f"{len(labels)} labels for {len(atoms_list)} structures")
-
-    templates = []
-    for atoms in atoms_list:
-        cell = np.asarray(atoms.cell, np.float64)
-        templates.append(edge_template(len(atoms), cell, atoms.pbc, cutoff))
-
-    real_nodes = sum(len(a) for a in atoms_list)
-    real_edges = sum(len(t[0]) for t in templates)
-    real_graphs = len(atoms_list)
-    needed = bucket_for(real_nodes, real_edges, real_graphs)
-    if bucket is None:
-        bucket = needed
-    elif (
-        bucket.n_node < real_nodes + 1
-        or bucket.n_edge < real_edges + 1
-        or bucket.n_graph < real_graphs + 1
-    ):
-        raise StructureError(
-            f"batch of {real_graphs} structures, {real_nodes} atoms, {real_edges} template edges "
-            f"does not fit the padding {bucket} (one padding atom, edge and graph are always "
-            f"reserved); the smallest bucket that fits is {needed}"
-        )
-    n, e, g = bucket.n_node, bucket.n_edge, bucket.n_graph
-
-    positions = np.zeros((n, 3), np.float64)
-    types = np.zeros(n, np.int32)
-    cell = np.zeros((g, 3, 3), np.float64)
-    pbc = np.zeros((g, 3), bool)
-    node_mask = np.zeros(n, bool)
-    graph_mask = np.zeros(g, bool)
-    graph_index = np.full(n, g - 1, np.int32)
-    n_node = np.zeros(g, np.int32)
-    label = np.zeros(g, np.int32)
-    fixed_arr = np.zeros(n, bool)
-    senders = np.full(e, n - 1, np.int32)
-    receivers = np.full(e, n - 1, np.int32)
-    shifts = np.zeros((e, 3), np.float64)
-    edge_mask = np.zeros(e, bool)
-    n_edge = np.zeros(g, np.int32)
-
-    node_off = edge_off = 0
-    for k, (atoms, (snd, rcv, shf)) in enumerate(zip(atoms_list, templates)):
-        na, ne = len(atoms), len(snd)
-        sl = slice(node_off, node_off + na)
-        positions[sl] = atoms.positions
-        types[sl] = vocab.encode(atoms.get_chemical_symbols())
-        node_mask[sl] = True
-        graph_index[sl] = k
-        f = _fixed_mask(atoms) if fixed is None else np.asarray(fixed[k], bool)
-        if f.shape != (na,):
-            raise StructureError(f"{_describe(k, atoms)}: fixed mask of shape {f.shape}, expected ({na},)")
-        fixed_arr[sl] = f
-        if masked_types:
-            types[sl] = np.where(f, types[sl], MASK)
-        cell[k] = np.asarray(atoms.cell, np.float64)
-        pbc[k] = atoms.pbc
-        graph_mask[k] = True
-        n_node[k] = na
-        if labels is not None:
-            label[k] = int(labels[k])
-        es = slice(edge_off, edge_off + ne)
-        senders[es] = snd + node_off
-        receivers[es] = rcv + node_off
-        shifts[es] = shf
-        edge_mask[es] = True
-        n_edge[k] = ne
-        node_off += na
-        edge_off += ne
-    n_node[g - 1] = n - node_off
-    n_edge[g - 1] = e - edge_off
-
-    return AtomsBatch(
-        positions=positions,
-        types=types,
-        cell=cell,
-        pbc=pbc,
-        node_mask=node_mask,
-        graph_mask=graph_mask,
-        graph_index=graph_index,
-        n_node=n_node,
-        label=label,
-        fixed=fixed_arr,
-        senders=senders,
-        receivers=receivers,
-        shifts=shifts,
-        edge_mask=edge_mask,
-        n_edge=n_edge,
+    encoded = encode_structures(
+        atoms_list,
+        vocab,
+        cutoff,
+        labels=labels,
+        label_key=label_key,
+        fixed=fixed,
+        max_atoms=max_atoms,
+        masked_types=masked_types,
     )
+    return collate(encoded, bucket)
 
 
 def atoms_from_batch(

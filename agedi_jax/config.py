@@ -1,0 +1,371 @@
+"""Typed, frozen configuration: data, model, processes, training, sampling.
+
+Every field can be overridden from the command line with ``--set section.field=value``
+(e.g. ``--set model.num_layers=4 --set train.steps=500``), so ablation scripts can sweep
+them. The resolved config is saved (as JSON) with every checkpoint and every output file;
+:func:`config_hash` identifies it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from typing import Any, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the training structures come from and how they are padded.
+
+    Attributes:
+      dataset: a spec for :func:`agedi_jax.data.load_dataset` ("builtin", a QCD directory,
+        "qcd:PATH:gm", a C2DB csv / ase db, an extxyz file).
+      subset: optional subset name passed to the loader (QCD: "gm", "de200").
+      max_atoms: the configured padding: the largest structure a model accepts.
+      val_fraction: fraction of structures held out for validation.
+      split_seed: seed of the deterministic train/validation split.
+      label: name of the per-structure label (``atoms.info`` key or loader label, e.g.
+        "layer_group"); "" for an unconditional model.
+      elements: comma-separated chemical symbols to restrict the data to ("" = all).
+    """
+
+    dataset: str = "builtin"
+    subset: str = ""
+    max_atoms: int = 64
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    label: str = ""
+    elements: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The score network (see :mod:`agedi_jax.nn`).
+
+    Attributes:
+      network: "nequip" (default, e3nn-jax) or "painn" (the paper's).
+      features: scalar channels per atom.
+      vector_features: vector (l ≥ 1) channels per atom (NequIP).
+      num_layers: interaction blocks.
+      l_max: largest spherical-harmonic order (NequIP).
+      num_basis: Bessel radial basis functions.
+      cutoff: neighbour cutoff, Å.
+      avg_num_neighbors: message normalisation; 0 = computed from the training data.
+      num_labels: size of the label vocabulary (labels 1..num_labels, 0 = null); 0 = none.
+      label_features: width of the label embedding (the paper: 64).
+      positions: model atomic positions (position head and position process on).
+      types: model atomic types (type head and absorbing type process on).
+    """
+
+    network: str = "nequip"
+    features: int = 64
+    vector_features: int = 32
+    num_layers: int = 3
+    l_max: int = 2
+    num_basis: int = 8
+    cutoff: float = 6.0
+    avg_num_neighbors: float = 0.0
+    num_labels: int = 0
+    label_features: int = 64
+    positions: bool = True
+    types: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessConfig:
+    """The forward processes (paper Sec. II A–B; DESIGN.md §2).
+
+    Attributes:
+      sde: "ve" (Eq. 8, the paper's choice) or "vp" (Eq. 5).
+      schedule: VE: "linear" (the paper's) or "geometric"; VP: "linear" or "cosine".
+      sigma_min, sigma_max: VE noise scales, Å (σ_max comparable to the largest
+        interatomic distance in the data).
+      beta_min, beta_max: VP linear β(t) range.
+      type_schedule: "loglinear" (SEDD) or "geometric" σ̄(t) of the absorbing process.
+      type_eps: ε of the log-linear schedule.
+      t_eps: smallest time used in training and the end of the sampling grid.
+      parametrization: "eps" (the network predicts the noise ε, score = −ε̂/std) or
+        "score" (the network predicts the score, loss weighted by std²).
+      independent_t: draw independent times for positions and types (else the same t).
+    """
+
+    sde: str = "ve"
+    schedule: str = "linear"
+    sigma_min: float = 0.01
+    sigma_max: float = 8.0
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    type_schedule: str = "loglinear"
+    type_eps: float = 1e-3
+    t_eps: float = 1e-3
+    parametrization: str = "eps"
+    independent_t: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation (Eq. 18 joint loss, optax AdamW with clipping, warm-up + cosine decay).
+
+    Attributes:
+      steps: optimiser steps.
+      batch_size: structures per batch.
+      learning_rate: peak learning rate.
+      warmup_steps: linear warm-up steps.
+      final_lr_fraction: cosine decay ends at this fraction of the peak.
+      weight_decay: AdamW weight decay.
+      grad_clip: global-norm gradient clipping.
+      ema_decay: decay of the exponential moving average of the parameters (0 = off).
+      lambda_positions, lambda_types: loss weights λ_R, λ_z (Eq. 18).
+      label_dropout: probability of replacing the label by the null label (CFG).
+      seed: training seed (initialisation, batches, noise).
+      log_every, val_every, checkpoint_every: intervals in steps.
+      val_batches: validation batches per evaluation.
+    """
+
+    steps: int = 2000
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    warmup_steps: int = 100
+    final_lr_fraction: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    lambda_positions: float = 1.0
+    lambda_types: float = 1.0
+    label_dropout: float = 0.1
+    seed: int = 0
+    log_every: int = 50
+    val_every: int = 250
+    checkpoint_every: int = 500
+    val_batches: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """Sampling (Eq. 9 and better samplers; τ-leaping for types).
+
+    Attributes:
+      sampler: "em" (Euler–Maruyama, Eq. 9), "pc" (predictor–corrector) or "ode"
+        (probability-flow ODE, Heun).
+      type_sampler: "tau" (τ-leaping) or "analytic" (SEDD's analytic step).
+      steps: number of steps of the time grid.
+      snr: signal-to-noise ratio of the Langevin corrector ("pc").
+      corrector_steps: Langevin corrector steps per predictor step ("pc").
+      guidance: classifier-free guidance weight w (Eq. 19): 1 = conditional,
+        0 = unconditional, > 1 = stronger guidance.
+      batch_size: structures per compiled sampling batch.
+      seed: sampling seed.
+      use_ema: sample with the EMA parameters.
+    """
+
+    sampler: str = "em"
+    type_sampler: str = "tau"
+    steps: int = 500
+    snr: float = 0.16
+    corrector_steps: int = 1
+    guidance: float = 1.0
+    batch_size: int = 64
+    seed: int = 0
+    use_ema: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The whole configuration of a run."""
+
+    name: str = "default"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    process: ProcessConfig = ProcessConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        """Rebuild a config; unknown keys raise (a config from another version)."""
+        kwargs = {}
+        hints = typing.get_type_hints(cls)
+        for key, value in d.items():
+            if key not in hints:
+                raise ValueError(f"unknown config section {key!r}")
+            sub = hints[key]
+            if dataclasses.is_dataclass(sub):
+                names = {f.name for f in dataclasses.fields(sub)}
+                unknown = set(value) - names
+                if unknown:
+                    raise ValueError(f"unknown fields in config section {key!r}: {sorted(unknown)}")
+                kwargs[key] = sub(**value)
+            else:
+                kwargs[key] = value
+        cfg = cls(**kwargs)
+        validate(cfg)
+        return cfg
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        return cls.from_dict(json.loads(text))
+
+
+def config_hash(cfg: Config) -> str:
+    """Short stable hash of the resolved config (written into every output file)."""
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _coerce(text: str, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if text.lower() in ("none", "null") and len(options) < len(typing.get_args(annotation)):
+            return None
+        annotation = options[0]
+    if annotation is bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{where}: expected true/false, got {text!r}")
+    if annotation is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{where}: expected an integer, got {text!r}") from None
+    if annotation is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{where}: expected a number, got {text!r}") from None
+    return text
+
+
+def override(cfg: Config, assignments: Sequence[str]) -> Config:
+    """Apply ``section.field=value`` overrides (strings, as from the command line)."""
+    hints = typing.get_type_hints(Config)
+    for item in assignments:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form section.field=value")
+        path, value = item.split("=", 1)
+        path = path.strip()
+        if path == "name":
+            cfg = dataclasses.replace(cfg, name=value)
+            continue
+        if "." not in path:
+            raise ValueError(f"override {item!r}: give section.field (sections: data, model, process, train, sample)")
+        section, field = path.split(".", 1)
+        if section not in hints or not dataclasses.is_dataclass(hints[section]):
+            raise ValueError(
+                f"override {item!r}: unknown section {section!r} (sections: data, model, process, train, sample)"
+            )
+        sub = getattr(cfg, section)
+        sub_hints = typing.get_type_hints(type(sub))
+        if field not in sub_hints:
+            raise ValueError(
+                f"override {item!r}: {section} has no field {field!r}; fields: {sorted(sub_hints)}"
+            )
+        new_value = _coerce(value.strip(), sub_hints[field], path)
+        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(sub, **{field: new_value})})
+    validate(cfg)
+    return cfg
+
+
+def replace(cfg: Config, **sections: dict) -> Config:
+    """``replace(cfg, train={"steps": 10})``: functional update of fields by section."""
+    for section, fields in sections.items():
+        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **fields)})
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Raise ``ValueError`` naming the field for inconsistent settings."""
+
+    def check(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ValueError(f"invalid config: {msg}")
+
+    m, p, t, s, d = cfg.model, cfg.process, cfg.train, cfg.sample, cfg.data
+    check(m.network in ("nequip", "painn"), f"model.network={m.network!r} (nequip | painn)")
+    check(m.positions or m.types, "model.positions and model.types are both off: nothing to model")
+    check(m.cutoff > 0, "model.cutoff must be > 0 Å")
+    check(m.num_layers >= 1 and m.features >= 1, "model.num_layers and model.features must be >= 1")
+    check(m.num_labels >= 0, "model.num_labels must be >= 0")
+    check(p.sde in ("ve", "vp"), f"process.sde={p.sde!r} (ve | vp)")
+    ok = {"ve": ("linear", "geometric"), "vp": ("linear", "cosine")}[p.sde]
+    check(p.schedule in ok, f"process.schedule={p.schedule!r} with sde={p.sde!r} (one of {ok})")
+    check(0 < p.sigma_min < p.sigma_max, "need 0 < process.sigma_min < process.sigma_max")
+    check(0 < p.beta_min < p.beta_max, "need 0 < process.beta_min < process.beta_max")
+    check(p.type_schedule in ("loglinear", "geometric"), f"process.type_schedule={p.type_schedule!r}")
+    check(0 < p.t_eps < 0.5, "process.t_eps must be in (0, 0.5)")
+    check(p.parametrization in ("eps", "score"), f"process.parametrization={p.parametrization!r} (eps | score)")
+    check(t.steps >= 0 and t.batch_size >= 1, "train.steps >= 0 and train.batch_size >= 1")
+    check(t.learning_rate > 0, "train.learning_rate must be > 0")
+    check(0 <= t.ema_decay < 1, "train.ema_decay must be in [0, 1)")
+    check(0 <= t.label_dropout <= 1, "train.label_dropout must be in [0, 1]")
+    check(s.sampler in ("em", "pc", "ode"), f"sample.sampler={s.sampler!r} (em | pc | ode)")
+    check(s.type_sampler in ("tau", "analytic"), f"sample.type_sampler={s.type_sampler!r} (tau | analytic)")
+    check(s.steps >= 1, "sample.steps must be >= 1")
+    check(s.batch_size >= 1, "sample.batch_size must be >= 1")
+    check(d.max_atoms >= 1, "data.max_atoms must be >= 1")
+    check(0 <= d.val_fraction < 1, "data.val_fraction must be in [0, 1)")
+
+
+# --------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------
+
+
+def preset(name: str) -> Config:
+    """Named configurations.
+
+    * ``quickstart`` — a small joint model on the built-in EMT clusters, trains in a few
+      minutes on 2 CPU cores.
+    * ``qcd_gm`` / ``qcd_de200`` — the paper's cluster models (Sec. III A): joint positions
+      and types, VE SDE, linear schedule; GM subset (N < 30) / ΔE < 200 meV subset.
+    * ``c2db`` — the paper's 2D model (Sec. III B): positions only, conditioned on the
+      layer group (1–80) with classifier-free guidance.
+    """
+    if name == "default":
+        return Config()
+    if name == "quickstart":
+        return Config(
+            name="quickstart",
+            data=DataConfig(dataset="builtin", max_atoms=16, val_fraction=0.1),
+            model=ModelConfig(network="nequip", features=32, vector_features=16, num_layers=2, l_max=1, cutoff=5.0),
+            process=ProcessConfig(sde="ve", schedule="linear", sigma_min=0.01, sigma_max=6.0),
+            train=TrainConfig(steps=600, batch_size=16, learning_rate=3e-3, warmup_steps=50, log_every=25,
+                              val_every=100, checkpoint_every=200, ema_decay=0.99),
+            sample=SampleConfig(sampler="em", steps=200, batch_size=32),
+        )
+    if name in ("qcd_gm", "qcd_de200"):
+        return Config(
+            name=name,
+            data=DataConfig(dataset="../shared/data/qcd_gap_relaxed", subset=name.split("_")[1],
+                            max_atoms=29 if name == "qcd_gm" else 55),
+            model=ModelConfig(network="nequip", features=64, vector_features=32, num_layers=3, cutoff=6.0),
+            process=ProcessConfig(sde="ve", schedule="linear", sigma_min=0.01, sigma_max=10.0),
+            train=TrainConfig(steps=100_000, batch_size=64, learning_rate=1e-3),
+            sample=SampleConfig(sampler="em", steps=500),
+        )
+    if name == "c2db":
+        return Config(
+            name="c2db",
+            data=DataConfig(dataset="../shared/data/c2db/train.csv", max_atoms=20, label="layer_group"),
+            model=ModelConfig(network="nequip", features=64, vector_features=32, num_layers=3, cutoff=5.0,
+                              num_labels=80, label_features=64, types=False),
+            process=ProcessConfig(sde="ve", schedule="linear", sigma_min=0.01, sigma_max=5.0),
+            train=TrainConfig(steps=100_000, batch_size=32, learning_rate=1e-3, label_dropout=0.1),
+            sample=SampleConfig(sampler="em", steps=500, guidance=1.0),
+        )
+    raise ValueError(f"unknown preset {name!r} (default | quickstart | qcd_gm | qcd_de200 | c2db)")
+
+
+PRESETS = ("default", "quickstart", "qcd_gm", "qcd_de200", "c2db")

@@ -1,0 +1,161 @@
+"""Atomic orbax checkpoints with their config, vocabulary and metadata.
+
+Layout of a run directory ``RUN/checkpoints/``::
+
+    latest/            the most recent state
+      state/           orbax PyTree checkpoint of the train state
+      meta.json        config, type vocabulary, step, metrics, package version, config hash
+    best/              the state with the lowest validation loss (same layout)
+
+A checkpoint is written into a temporary sibling directory and moved into place with
+``os.replace``-style renames, so an interrupted write never leaves a half-written
+``latest``; a checkpoint that is unreadable, incomplete or from another configuration
+raises :class:`CheckpointError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from . import __version__
+from .config import Config, config_hash
+from .graph import TypeVocab
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or does not match the configuration."""
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if hasattr(x, "item"):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    state: Any,
+    config: Config,
+    vocab: TypeVocab,
+    *,
+    step: int,
+    extra: dict | None = None,
+) -> Path:
+    """Write ``state`` (a pytree of arrays) and its metadata to ``directory`` atomically.
+
+    Returns the checkpoint directory. An existing checkpoint there is replaced only after
+    the new one is complete.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.{uuid.uuid4().hex}.tmp")
+    state = jax.device_get(state)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp / "state", state)
+    checkpointer.wait_until_finished()
+    meta = {
+        "format": "agedi_jax-checkpoint-1",
+        "version": __version__,
+        "step": int(step),
+        "config": config.to_dict(),
+        "config_hash": config_hash(config),
+        "vocab": vocab.to_dict(),
+        "extra": extra or {},
+    }
+    _write_json_atomic(tmp / "meta.json", meta)
+    trash = directory.with_name(f".{directory.name}.{uuid.uuid4().hex}.old")
+    if directory.exists():
+        os.replace(directory, trash)
+    os.replace(tmp, directory)
+    shutil.rmtree(trash, ignore_errors=True)
+    return directory
+
+
+def read_meta(directory: str | os.PathLike) -> dict:
+    """The metadata of a checkpoint (config, vocab, step, extra); clear errors if absent."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise CheckpointError(f"checkpoint {directory} does not exist")
+    meta_path = directory / "meta.json"
+    if not meta_path.is_file() or not (directory / "state").is_dir():
+        raise CheckpointError(
+            f"{directory} is not an agedi_jax checkpoint (missing meta.json or state/); "
+            "point to RUN/checkpoints/latest or RUN/checkpoints/best"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"checkpoint metadata {meta_path} is corrupt: {err}") from None
+    if meta.get("format") != "agedi_jax-checkpoint-1":
+        raise CheckpointError(f"{meta_path}: unknown checkpoint format {meta.get('format')!r}")
+    return meta
+
+
+def load_config_and_vocab(directory: str | os.PathLike) -> tuple[Config, TypeVocab, dict]:
+    """Config, vocabulary and metadata saved with a checkpoint."""
+    meta = read_meta(directory)
+    try:
+        config = Config.from_dict(meta["config"])
+        vocab = TypeVocab.from_dict(meta["vocab"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {directory}: config or vocabulary unreadable: {err}") from None
+    return config, vocab, meta
+
+
+def check_compatible(saved: Config, current: Config, what: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` if the model or process sections differ (a checkpoint
+    from another config); training and sampling settings may differ."""
+    diffs = []
+    for section in ("model", "process"):
+        a, b = getattr(saved, section).__dict__, getattr(current, section).__dict__
+        for key in a:
+            if a[key] != b.get(key):
+                diffs.append(f"{section}.{key}: {what} has {a[key]!r}, config has {b.get(key)!r}")
+    if saved.data.max_atoms != current.data.max_atoms:
+        diffs.append(f"data.max_atoms: {what} has {saved.data.max_atoms}, config has {current.data.max_atoms}")
+    if diffs:
+        raise CheckpointError(f"the {what} was made with another configuration:\n  " + "\n  ".join(diffs))
+
+
+def restore_state(directory: str | os.PathLike, target: Any) -> Any:
+    """Restore the state saved in ``directory`` into the structure of ``target`` (a pytree
+    of arrays with the expected shapes and dtypes, e.g. a freshly initialised state)."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    read_meta(directory)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    try:
+        restored = ocp.StandardCheckpointer().restore(directory / "state", abstract)
+    except Exception as err:  # orbax raises many types for corrupt / mismatched trees
+        msg = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"checkpoint {directory} could not be restored into the model's state "
+            f"(corrupt files or parameters of another shape): {msg}"
+        ) from None
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(target)):
+        if np.shape(a) != np.shape(b):
+            raise CheckpointError(f"checkpoint {directory}: parameter of shape {np.shape(a)}, model expects {np.shape(b)}")
+    return restored

@@ -1,0 +1,292 @@
+"""Two-dimensional materials of the Computational 2D Materials Database (C2DB), and ASE
+databases in general.
+
+Two formats: the CSV split of the CDVAE benchmarks (columns: row index, ``material_id``,
+``band_gap``, ``workfunction``, ``cif``) and the ASE database (``ase.db``) in which C2DB is
+distributed. 2D materials are periodic in x and y only: ``pbc = (True, True, False)``, the
+third lattice vector spanning the vacuum. Labels are layer groups (1–80) from spglib at
+``symprec`` = 0.1 Å, as in the paper (section "2D Material AGeDi Model", Supplementary
+"Evaluation of 2D Material Symmetries"); ``0`` marks a structure spglib could not
+classify, which is also the "no label" value of classifier-free guidance (Eq. 19).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import numbers
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from agedi_jax.data.dataset import DataError, Dataset, check_path
+from agedi_jax.symmetry import DEFAULT_SYMPREC, layer_group
+
+PBC_2D = (True, True, False)
+CSV_COLUMNS = ("material_id", "band_gap", "workfunction", "cif")
+LABEL_KEY = "label"
+
+
+def layer_group_labels(structures: Sequence[Any], symprec: float = DEFAULT_SYMPREC) -> np.ndarray:
+    """int32 [len]: layer group (1–80, 0 if spglib fails) of every 2D structure, aperiodic
+    along the third lattice vector, at ``symprec`` (Å)."""
+    with warnings.catch_warnings():
+        # spglib >= 2.5 warns on every layer-group call about its future error handling;
+        # failures still come back as 0 from agedi_jax.symmetry.layer_group.
+        warnings.filterwarnings("ignore", message=".*OLD_ERROR_HANDLING", category=DeprecationWarning)
+        return np.array([layer_group(a, symprec=symprec) for a in structures], dtype=np.int32)
+
+
+def _from_cif(cif: str) -> Any:
+    import ase.io
+    from ase import Atoms
+
+    read = ase.io.read(io.StringIO(cif), format="cif")
+    atoms = Atoms(numbers=read.numbers, positions=read.positions, cell=read.cell, pbc=PBC_2D)
+    atoms.wrap()  # in-plane only (pbc), so fractional -0.0 becomes 0.0
+    return atoms
+
+
+def load_c2db_csv(
+    path: str | Path,
+    symprec: float = DEFAULT_SYMPREC,
+    with_labels: bool = True,
+    *,
+    name: str | None = None,
+) -> Dataset:
+    """Load a C2DB CSV (``train.csv`` / ``val.csv``): one CIF per row.
+
+    Every structure has ``pbc = (True, True, False)`` and ``atoms.info`` with
+    ``material_id``, ``band_gap``, ``workfunction`` (eV), ``csv_index`` (the row index
+    column) and, with labels, ``layer_group``. Labels (int32 [len]) are layer groups 1–80
+    from spglib at ``symprec`` (Å); ``with_labels=False`` skips them.
+
+    Raises :class:`DataError` naming the file (and the row) for a missing column, an
+    unparsable CIF or an empty file.
+    """
+    p = check_path(path)
+    if p.is_dir():
+        raise DataError(f"{str(path)!r} is a directory, not a C2DB CSV file")
+    try:
+        with open(p, newline="") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"cannot read {str(path)!r} as CSV: {err}") from err
+    missing = [c for c in CSV_COLUMNS if c not in columns]
+    if missing:
+        raise DataError(
+            f"{str(path)!r} is not a C2DB CSV: missing columns {missing} (found {columns[:8]})"
+        )
+    if not rows:
+        raise DataError(f"{str(path)!r} contains no structures (header only)")
+    index_col = columns[0] if columns[0] not in CSV_COLUMNS else None
+
+    structures = []
+    for k, row in enumerate(rows):
+        where = f"{str(path)!r}, row {k} ({row.get('material_id')})"
+        try:
+            atoms = _from_cif(row["cif"] or "")
+        except Exception as err:
+            raise DataError(f"{where}: cannot parse the CIF: {type(err).__name__}: {err}") from err
+        if len(atoms) == 0:
+            raise DataError(f"{where}: the CIF has no atoms")
+        try:
+            atoms.info.update(
+                material_id=row["material_id"],
+                band_gap=float(row["band_gap"]),
+                workfunction=float(row["workfunction"]),
+            )
+            if index_col is not None:
+                atoms.info["csv_index"] = int(row[index_col])
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{where}: bad number: {err}") from err
+        structures.append(atoms)
+
+    labels = None
+    if with_labels:
+        labels = layer_group_labels(structures, symprec)
+        for atoms, lab in zip(structures, labels):
+            atoms.info["layer_group"] = int(lab)
+    return Dataset(
+        structures=structures,
+        name=name or f"c2db:{p.stem}",
+        labels=labels,
+        source={"loader": "c2db_csv", "path": str(p), "symprec": symprec if with_labels else None},
+    )
+
+
+# --------------------------------------------------------------------------------------
+# ASE databases
+# --------------------------------------------------------------------------------------
+
+
+def _as_key_value(key: str, value: Any) -> Any | None:
+    """``value`` as an ase.db key-value pair, or ``None`` if ase.db cannot hold it as one
+    (reserved or formula-like key, non-scalar or non-finite value, numeric string)."""
+    from ase.db.core import check
+
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        pass
+    elif isinstance(value, numbers.Real):
+        if not np.isfinite(value):
+            return None
+    elif not isinstance(value, str):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            check({key: value})
+    except (ValueError, UserWarning):
+        return None
+    return value
+
+
+def write_ase_db(dataset: Dataset, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``dataset`` to an ASE database (sqlite ``.db`` or ``.json``).
+
+    Every structure is one row (positions, cell, pbc, and a calculator's energy / forces
+    if attached). ``atoms.info`` entries that ase.db accepts as key-value pairs become
+    key-value pairs; the others (arrays, reserved keys such as ``energy``) go to the row's
+    ``data["info"]``. Labels are the key ``"label"``; the dataset name and source go to
+    the database metadata. :func:`load_ase_db` reads it back unchanged.
+    """
+    import ase.db
+
+    p = Path(path)
+    if p.exists():
+        if not overwrite:
+            raise FileExistsError(f"{str(p)!r} exists; pass overwrite=True to replace it")
+        p.unlink()
+    db = ase.db.connect(str(p), append=False)
+    with db:
+        for k, atoms in enumerate(dataset.structures):
+            kv, extra = {}, {}
+            for key, value in atoms.info.items():
+                v = _as_key_value(key, value) if key != LABEL_KEY else None
+                if v is None:
+                    extra[key] = value
+                else:
+                    kv[key] = v
+            if dataset.labels is not None:
+                kv[LABEL_KEY] = int(dataset.labels[k])
+            db.write(atoms, key_value_pairs=kv, data={"info": extra} if extra else {})
+    db.metadata = {
+        "writer": "agedi_jax",
+        "name": dataset.name,
+        "source": dict(dataset.source),
+        "label_key": LABEL_KEY if dataset.labels is not None else None,
+    }
+    return p
+
+
+def _connect(path: str | Path):
+    import ase.db
+
+    p = check_path(path)
+    if p.is_dir():
+        raise DataError(f"{str(path)!r} is a directory, not an ASE database")
+    if p.stat().st_size == 0:
+        raise DataError(f"{str(path)!r} is empty (0 bytes): no structures")
+    try:
+        db = ase.db.connect(str(p))
+        n = db.count()
+        metadata = db.metadata
+    except Exception as err:  # sqlite3.DatabaseError, json errors, ...
+        raise DataError(f"cannot read {str(path)!r} as an ASE database: {type(err).__name__}: {err}") from err
+    return p, db, n, metadata
+
+
+def db_is_2d(path: str | Path) -> bool:
+    """Whether every row of the ASE database at ``path`` has ``pbc = (True, True, False)``."""
+    p, db, n, _ = _connect(path)
+    return n > 0 and all(tuple(bool(x) for x in row.pbc) == PBC_2D for row in db.select())
+
+
+def load_ase_db(
+    path: str | Path,
+    *,
+    selection: Any = None,
+    label_key: str | None = None,
+    pbc: Sequence[bool] | None = None,
+    name: str | None = None,
+) -> Dataset:
+    """Load the rows of an ASE database as a :class:`Dataset`.
+
+    Key-value pairs (and, for files from :func:`write_ase_db`, ``data["info"]``) go to
+    ``atoms.info``. Labels come from the integer key ``label_key`` (default: the one
+    recorded by :func:`write_ase_db`, else no labels). ``selection`` is an ase.db query;
+    ``pbc`` overrides every row's periodicity.
+    """
+    p, db, n, metadata = _connect(path)
+    if label_key is None:
+        label_key = metadata.get("label_key")
+    structures, labels = [], []
+    try:
+        rows = list(db.select(selection))
+    except Exception as err:
+        raise DataError(f"cannot read rows of {str(path)!r}: {type(err).__name__}: {err}") from err
+    for row in rows:
+        atoms = row.toatoms()
+        info = dict(row.key_value_pairs)
+        data = row.get("data") or {}
+        extra = data.get("info") if isinstance(data, dict) else None
+        if isinstance(extra, dict):
+            info.update(extra)
+        if label_key is not None:
+            if label_key not in info:
+                raise DataError(f"{str(path)!r}: row {row.id} has no label key {label_key!r}")
+            labels.append(int(info.pop(label_key)))
+        atoms.info = info
+        if pbc is not None:
+            atoms.pbc = pbc
+        structures.append(atoms)
+    if not structures:
+        raise DataError(
+            f"{str(path)!r} contains no structures"
+            + (f" matching {selection!r}" if selection is not None else "")
+        )
+    source = dict(metadata.get("source") or {})
+    source.update(loader="ase_db", path=str(p))
+    return Dataset(
+        structures=structures,
+        name=name or metadata.get("name") or p.stem,
+        labels=labels if label_key is not None else None,
+        source=source,
+    )
+
+
+def load_c2db_db(
+    path: str | Path,
+    symprec: float = DEFAULT_SYMPREC,
+    with_labels: bool = True,
+    *,
+    selection: Any = None,
+    name: str | None = None,
+) -> Dataset:
+    """Load 2D materials from an ASE database (the format C2DB is distributed in).
+
+    Rows become Atoms with ``pbc = (True, True, False)`` and their key-value pairs in
+    ``atoms.info``; labels are recomputed as layer groups (1–80) with spglib at
+    ``symprec`` (Å), exactly as :func:`load_c2db_csv`, and stored as
+    ``info["layer_group"]``.
+    """
+    ds = load_ase_db(path, selection=selection, pbc=PBC_2D, name=name)
+    labels = None
+    if with_labels:
+        labels = layer_group_labels(ds.structures, symprec)
+        for atoms, lab in zip(ds.structures, labels):
+            atoms.info["layer_group"] = int(lab)
+    source = dict(ds.source)
+    source.update(loader="c2db_db", symprec=symprec if with_labels else None)
+    return Dataset(
+        structures=ds.structures,
+        name=name or ds.name,
+        labels=labels,
+        source=source,
+    )

@@ -1,0 +1,96 @@
+"""Equivariant score networks (Flax linen) for positions and atom types.
+
+Both networks share one interface::
+
+    model = make_network("nequip", num_types=3)          # or NequIP(num_types=3), PaiNN(...)
+    params = model.init(key, batch, t)
+    scores = model.apply(params, batch, t, label, edges=..., type_weights=...)
+    # scores.positions [n, 3] (1o vector), scores.types [n, K] (log-scores)
+
+See :class:`~agedi_jax.nn.nequip.NequIP` for the arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+
+from agedi_jax.nn.common import average_num_neighbors, bessel_basis, polynomial_envelope
+from agedi_jax.nn.embeddings import fourier_features
+from agedi_jax.nn.nequip import NequIP
+from agedi_jax.nn.painn import PaiNN
+
+NETWORKS: dict[str, type[nn.Module]] = {"nequip": NequIP, "painn": PaiNN}
+"""Registered score networks by name."""
+
+
+def _fields(cls: type[nn.Module]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+
+
+def make_network(name: str = "nequip", **kwargs: Any) -> nn.Module:
+    """Build a score network by name (``"nequip"``, the default, or ``"painn"``).
+
+    Args:
+      name: key of :data:`NETWORKS` (case-insensitive).
+      **kwargs: the module's fields, e.g. ``num_types=3, num_labels=2, cutoff=5.0``.
+
+    Raises:
+      ValueError: unknown network name or unknown field (the message lists the valid ones).
+    """
+    key = name.lower()
+    if key not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}")
+    cls = NETWORKS[key]
+    valid = _fields(cls)
+    bad = sorted(set(kwargs) - set(valid))
+    if bad:
+        raise ValueError(f"{cls.__name__} has no field(s) {bad}; valid fields: {valid}")
+    if "num_types" not in kwargs:
+        raise ValueError(f"{cls.__name__} needs num_types (the number K of physical types)")
+    return cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """A frozen, hashable description of a score network (e.g. to save with a model).
+
+    ``options`` holds the module's fields as ``(name, value)`` pairs; :meth:`build` makes
+    the module. ``NetworkConfig.create("painn", num_types=3, features=32)`` is the easy way
+    to write one.
+    """
+
+    name: str = "nequip"
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def create(cls, name: str = "nequip", **kwargs: Any) -> "NetworkConfig":
+        make_network(name, **kwargs)  # validate now, not at build time
+        return cls(name.lower(), tuple(sorted(kwargs.items())))
+
+    def build(self) -> nn.Module:
+        """The Flax module this config describes."""
+        return make_network(self.name, **dict(self.options))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetworkConfig":
+        d = dict(d)
+        return cls.create(d.pop("name", "nequip"), **d)
+
+
+__all__ = [
+    "NETWORKS",
+    "NequIP",
+    "NetworkConfig",
+    "PaiNN",
+    "average_num_neighbors",
+    "bessel_basis",
+    "fourier_features",
+    "make_network",
+    "polynomial_envelope",
+]

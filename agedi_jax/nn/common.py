@@ -1,0 +1,305 @@
+"""Building blocks shared by the score networks: radial basis, envelope, MLP, safe vector
+operations, input validation, output masking and the data-derived neighbour count.
+
+Everything here is a pure function of arrays (or a tiny Flax module) and is jittable.
+Lengths are in Å.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agedi_jax import graph
+from agedi_jax.graph import AtomsBatch, Edges
+
+Array = Any
+
+# --------------------------------------------------------------------------------------
+# Radial functions
+# --------------------------------------------------------------------------------------
+
+
+def bessel_basis(r: Array, num_basis: int, cutoff: float) -> Array:
+    """Spherical Bessel (DimeNet) radial basis ``sqrt(2/c) sin(k π r / c) / r``, k = 1..num_basis.
+
+    Written with ``jnp.sinc`` so that the value *and* every derivative are finite at
+    ``r = 0`` (two atoms on top of each other): ``sin(k π r/c)/r = (k π / c) sinc(k r / c)``.
+
+    Args:
+      r: [...] distances, Å.
+      num_basis: number of basis functions.
+      cutoff: c, Å.
+
+    Returns:
+      [..., num_basis] basis values, Å^-3/2.
+    """
+    k = jnp.arange(1, num_basis + 1, dtype=r.dtype)
+    x = r[..., None] * k / cutoff
+    return math.sqrt(2.0 / cutoff) * (k * math.pi / cutoff) * jnp.sinc(x)
+
+
+def polynomial_envelope(r: Array, cutoff: float, p: int = 6) -> Array:
+    """DimeNet polynomial envelope ``u(d) = 1 − (p+1)(p+2)/2 d^p + p(p+2) d^{p+1} − p(p+1)/2 d^{p+2}``
+    with ``d = r / cutoff``; ``u(0) = 1`` and ``u``, ``u'``, ``u''`` vanish at ``d = 1``.
+
+    Exactly 0 for ``r ≥ cutoff`` (padded / out-of-cutoff edges carry length 2·cutoff).
+
+    Args:
+      r: [...] distances, Å.
+      cutoff: Å.
+      p: envelope exponent (≥ 1).
+
+    Returns:
+      [...] envelope values in [0, 1].
+    """
+    if p < 1:
+        raise ValueError(f"envelope exponent p must be >= 1, got {p}")
+    d = r / cutoff
+    u = (
+        1.0
+        - 0.5 * (p + 1) * (p + 2) * d**p
+        + p * (p + 2) * d ** (p + 1)
+        - 0.5 * p * (p + 1) * d ** (p + 2)
+    )
+    return jnp.where(d < 1.0, u, 0.0)
+
+
+def safe_norm(x: Array, axis: int = -1, keepdims: bool = False, eps: float = 1e-8) -> Array:
+    """``sqrt(|x|^2 + eps)``: a norm whose gradient is finite at ``x = 0``."""
+    return jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=keepdims) + eps)
+
+
+def unit_vectors(vectors: Array, eps: float = 1e-6) -> Array:
+    """Edge directions ``v / sqrt(|v|^2 + eps^2)`` [..., 3] (eps in Å).
+
+    Equal to ``v / |v|`` to float precision for any physical bond, but smooth at ``v = 0``
+    (two atoms on top of each other): value 0 there and gradients bounded by ``1/eps``.
+    A rotation commutes with this map, so equivariance is exact."""
+    return vectors / jnp.sqrt(jnp.sum(vectors * vectors, axis=-1, keepdims=True) + eps * eps)
+
+
+# --------------------------------------------------------------------------------------
+# MLP
+# --------------------------------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    """Dense layers with ``activation`` between them (not after the last one).
+
+    Attributes:
+      features: output width of every layer, e.g. ``(64, 64, 3)``.
+      activation: nonlinearity between layers.
+      use_bias: biases in every layer.
+      activate_final: also apply ``activation`` after the last layer.
+    """
+
+    features: Sequence[int]
+    activation: Callable[[Array], Array] = nn.silu
+    use_bias: bool = True
+    activate_final: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        for i, f in enumerate(self.features):
+            x = nn.Dense(f, use_bias=self.use_bias, name=f"dense_{i}")(x)
+            if i < len(self.features) - 1 or self.activate_final:
+                x = self.activation(x)
+        return x
+
+
+# --------------------------------------------------------------------------------------
+# Inputs and outputs of a score network
+# --------------------------------------------------------------------------------------
+
+
+def _concrete(x: Any) -> bool:
+    return x is not None and not isinstance(x, jax.core.Tracer)
+
+
+def validate_inputs(
+    batch: AtomsBatch,
+    t: Array,
+    label: Array | None,
+    edges: Edges | None,
+    type_weights: Array | None,
+    *,
+    num_types: int,
+    num_labels: int,
+) -> None:
+    """Check the inputs of a score network (see ``NequIP.__call__``) without touching the
+    device: shape and dtype problems raise ``ValueError`` (also under ``jit``), out-of-range
+    type or label values raise ``ValueError`` when the values are concrete (outside ``jit``)."""
+    if not isinstance(batch, AtomsBatch):
+        raise TypeError(f"expected an agedi_jax.graph.AtomsBatch, got {type(batch).__name__}")
+    n, g, e = batch.num_nodes, batch.num_graphs, batch.num_edges
+    if np.shape(batch.positions) != (n, 3):
+        raise ValueError(f"batch.positions must have shape [n, 3], got {np.shape(batch.positions)}")
+    for name, shape in (("types", (n,)), ("node_mask", (n,)), ("graph_index", (n,)),
+                        ("graph_mask", (g,)), ("label", (g,)), ("cell", (g, 3, 3)),
+                        ("pbc", (g, 3)), ("receivers", (e,)), ("edge_mask", (e,))):
+        if np.shape(getattr(batch, name)) != shape:
+            raise ValueError(
+                f"batch.{name} has shape {np.shape(getattr(batch, name))}, expected {shape} "
+                f"for a batch of {n} atom, {g} graph and {e} edge slots"
+            )
+    if np.ndim(t) not in (0, 1) or (np.ndim(t) == 1 and np.shape(t) != (g,)):
+        raise ValueError(
+            f"t must be a scalar or have shape [g] = [{g}] (one time per graph slot), got {np.shape(t)}"
+        )
+    if label is not None:
+        if num_labels == 0:
+            if not _concrete(label) or np.any(np.asarray(label) != 0):
+                raise ValueError(
+                    "a label was given to a network built with num_labels = 0; set num_labels "
+                    "to the number of condition labels"
+                )
+        if np.shape(label) != (g,):
+            raise ValueError(f"label must have shape [g] = [{g}], got {np.shape(label)}")
+        if not jnp.issubdtype(jnp.result_type(label), jnp.integer):
+            raise ValueError(f"label must be integer (0 = null label), got dtype {jnp.result_type(label)}")
+    if num_labels > 0:
+        lab = batch.label if label is None else label
+        if _concrete(lab) and _concrete(batch.graph_mask):
+            lab = np.asarray(lab)[np.asarray(batch.graph_mask, bool)]
+            if lab.size and (lab.min() < 0 or lab.max() > num_labels):
+                raise ValueError(
+                    f"label values must lie in 0..num_labels = 0..{num_labels} (0 = null), "
+                    f"got values in {int(lab.min())}..{int(lab.max())}"
+                )
+    if type_weights is None:
+        if _concrete(batch.types) and _concrete(batch.node_mask):
+            ty = np.asarray(batch.types)[np.asarray(batch.node_mask, bool)]
+            if ty.size and (ty.min() < 0 or ty.max() > num_types):
+                raise ValueError(
+                    f"batch.types must lie in 0..num_types = 0..{num_types} (0 = MASK), "
+                    f"got values in {int(ty.min())}..{int(ty.max())}"
+                )
+    elif np.shape(type_weights) != (n, num_types + 1):
+        raise ValueError(
+            f"type_weights must have shape [n, num_types + 1] = [{n}, {num_types + 1}] "
+            f"(column 0 = MASK), got {np.shape(type_weights)}"
+        )
+    if edges is not None:
+        shapes = (np.shape(edges.vectors), np.shape(edges.lengths), np.shape(edges.mask))
+        if shapes != ((e, 3), (e,), (e,)):
+            raise ValueError(
+                f"edges do not match the batch's edge template of {e} edges: vectors, lengths "
+                f"and mask have shapes {shapes}"
+            )
+
+
+def prepare_inputs(
+    batch: AtomsBatch,
+    t: Array,
+    label: Array | None,
+    edges: Edges | None,
+    type_weights: Array | None,
+    *,
+    num_types: int,
+    num_labels: int,
+    cutoff: float,
+) -> tuple[AtomsBatch, Array, Array | None, Edges, Array]:
+    """Normalise validated inputs (:func:`validate_inputs`) inside the network's jit.
+
+    Returns:
+      (batch as jax arrays, t [g] float with padding graphs set to 0, label [g] int (None
+      when ``num_labels == 0``), edges, type_weights [n, K+1] float, 0 on padding atoms).
+    """
+    batch = AtomsBatch(*(jnp.asarray(x) for x in batch))
+    if not jnp.issubdtype(batch.positions.dtype, jnp.floating):
+        batch = batch.replace(positions=batch.positions.astype(jnp.float32))
+    dtype = batch.positions.dtype
+    g = batch.num_graphs
+
+    # Padding graph slots may hold anything (even NaN); keep them out of every gradient.
+    t = jnp.broadcast_to(jnp.asarray(t, dtype), (g,))
+    t = jnp.where(batch.graph_mask, t, 0.0)
+    if num_labels > 0:
+        label = batch.label if label is None else label
+        label = jnp.where(batch.graph_mask, jnp.asarray(label, jnp.int32), 0)
+    else:
+        label = None
+
+    if type_weights is None:
+        type_weights = jax.nn.one_hot(batch.types, num_types + 1, dtype=dtype)
+    type_weights = jnp.asarray(type_weights, dtype)
+    type_weights = jnp.where(batch.node_mask[:, None], type_weights, 0.0)
+
+    if edges is None:
+        edges = graph.edge_vectors(batch, cutoff)
+    chex.assert_shape(edges.vectors, (batch.num_edges, 3))
+    return batch, t, label, edges, type_weights
+
+
+def finalize_scores(
+    batch: AtomsBatch, positions: Array | None, types: Array | None
+) -> tuple[Array | None, Array | None]:
+    """Project the position output onto the zero-centre-of-mass subspace
+    (:func:`agedi_jax.graph.remove_com`) and set every output of padding atoms to exactly 0."""
+    if positions is not None:
+        chex.assert_shape(positions, (batch.num_nodes, 3))
+        positions = graph.remove_com(batch, positions)
+    if types is not None:
+        types = jnp.where(batch.node_mask[:, None], types, 0.0)
+    return positions, types
+
+
+def check_heads(position_head: bool, type_head: bool) -> None:
+    if not (position_head or type_head):
+        raise ValueError("a score network needs at least one head (position_head or type_head)")
+
+
+def check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------
+# Average number of neighbours (from data)
+# --------------------------------------------------------------------------------------
+
+
+def average_num_neighbors(data: Iterable[Any] | AtomsBatch, cutoff: float) -> float:
+    """Mean number of neighbours within ``cutoff`` (Å) per real atom over a data set.
+
+    The message sums of the networks are divided by ``sqrt`` of this number.
+
+    Args:
+      data: ``ase.Atoms`` objects, or :class:`~agedi_jax.graph.AtomsBatch` es (built with a
+        template cutoff ≥ ``cutoff``), or a single batch.
+      cutoff: Å.
+
+    Returns:
+      Edges per atom (periodic images counted, as ``ase.neighborlist.neighbor_list`` does).
+    """
+    check_positive("cutoff", cutoff)
+    items = [data] if isinstance(data, AtomsBatch) else list(data)
+    if not items:
+        raise ValueError("average_num_neighbors: no structures given")
+    n_edges = 0
+    n_atoms = 0
+    for item in items:
+        if isinstance(item, AtomsBatch):
+            e = graph.edge_vectors(AtomsBatch(*(jnp.asarray(x) for x in item)), cutoff)
+            n_edges += int(np.sum(np.asarray(e.mask)))
+            n_atoms += int(np.sum(np.asarray(item.node_mask)))
+        else:
+            from ase.neighborlist import neighbor_list
+
+            n_edges += len(neighbor_list("i", item, cutoff))
+            n_atoms += len(item)
+    if n_atoms == 0:
+        raise ValueError("average_num_neighbors: the data hold no atoms")
+    if n_edges == 0:
+        raise ValueError(
+            f"average_num_neighbors: no atom has a neighbour within the cutoff of {cutoff} Å; "
+            "the cutoff is too small for these structures"
+        )
+    return n_edges / n_atoms

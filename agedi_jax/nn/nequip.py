@@ -1,0 +1,246 @@
+"""NequIP-style E(3)-equivariant score network (Batzner et al. 2022) written with e3nn-jax.
+
+Per interaction layer (node features ``x``, edge ``i ← j`` with vector ``r_ij`` Å):
+
+1. scalar channels += Dense(cond)[graph]        (time / label conditioning, scalars only)
+2. ``x_up = Linear(x)``                           (self-interaction)
+3. ``m_ij = w(r_ij) ⊙ [x_up_j ; x_up_j ⊗ Y(r̂_ij)]`` filtered to the target irreps,
+   ``w = MLP(Bessel(r) · u(r)) · u(r)``, one weight per channel and path
+4. ``a_i = Σ_j m_ij / sqrt(avg_num_neighbors)``   (masked edges contribute exactly 0)
+5. ``x ← Gate(Linear(a) + Skip(x))``              (skip plain or per species)
+
+The target irreps are the hidden irreps plus one gate scalar per non-scalar channel. The
+last layer keeps only ``0e`` (+ ``1o`` when the position head is on), so every parameter
+reaches an output. Heads: ``Linear → 1x1o`` per atom (position output, projected to zero
+centre of mass) and an MLP on the ``0e`` channels → K type log-scores.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import e3nn_jax as e3nn
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from agedi_jax.graph import AtomsBatch, Edges
+from agedi_jax.nn.common import (
+    MLP,
+    bessel_basis,
+    check_heads,
+    check_positive,
+    finalize_scores,
+    polynomial_envelope,
+    prepare_inputs,
+    unit_vectors,
+    validate_inputs,
+)
+from agedi_jax.nn.embeddings import Conditioning
+from agedi_jax.scores import Scores
+
+Array = Any
+
+
+def hidden_irreps(features: int, vector_features: int, l_max: int) -> e3nn.Irreps:
+    """``features x 0e + vector_features x (1o + 2e + ...)`` up to ``l_max`` (parity (-1)^l,
+    the irreps spherical harmonics of an edge vector produce from scalars)."""
+    irreps = [(features, (0, 1))]
+    irreps += [(vector_features, (l, (-1) ** l)) for l in range(1, l_max + 1)]
+    return e3nn.Irreps(irreps)
+
+
+def _gated_irreps(irreps: e3nn.Irreps) -> e3nn.Irreps:
+    """Scalars, then one gate scalar per non-scalar channel, then the non-scalars (the
+    layout ``e3nn.gate`` expects)."""
+    scalars = irreps.filter(keep=["0e"])
+    nonscalars = irreps.filter(drop=["0e", "0o"])
+    gates = e3nn.Irreps(f"{nonscalars.num_irreps}x0e") if nonscalars.num_irreps else e3nn.Irreps("")
+    return (scalars + gates + nonscalars)
+
+
+def _add_to_scalars(x: e3nn.IrrepsArray, s: Array) -> e3nn.IrrepsArray:
+    """``x`` with ``s`` [n, num 0e channels] added to its ``0e`` channels."""
+    scalars = x.filter(keep="0e")
+    rest = x.filter(drop="0e")
+    scalars = e3nn.IrrepsArray(scalars.irreps, scalars.array + s)
+    return e3nn.concatenate([scalars, rest]) if rest.irreps.dim else scalars
+
+
+class NequIPLayer(nn.Module):
+    """One NequIP interaction (see the module docstring); returns features in ``irreps_out``."""
+
+    irreps_out: e3nn.Irreps
+    avg_num_neighbors: float
+    l_max: int
+    radial_hidden: int = 64
+    radial_layers: int = 2
+    species_skip: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        x: e3nn.IrrepsArray,  # [n, irreps_in]
+        cond: Array,  # [n, F] per-atom condition vector
+        sh: e3nn.IrrepsArray,  # [e, sh irreps]
+        radial: Array,  # [e, num_basis] Bessel · envelope
+        envelope: Array,  # [e]
+        edges_mask: Array,  # [e] bool
+        senders: Array,
+        receivers: Array,
+        type_weights: Array,  # [n, K+1]
+    ) -> e3nn.IrrepsArray:
+        irreps_out = e3nn.Irreps(self.irreps_out)
+        target = _gated_irreps(irreps_out)
+        n = x.shape[0]
+
+        n_scalars = x.filter(keep="0e").irreps.num_irreps
+        x = _add_to_scalars(x, nn.Dense(n_scalars, name="cond")(cond))
+
+        x_up = e3nn.flax.Linear(x.irreps, name="linear_up")(x)
+        x_j = x_up[senders]
+        tp = e3nn.tensor_product(x_j, sh.filter(drop="0e"), filter_ir_out=target)
+        msg = e3nn.concatenate([x_j.filter(keep=target), tp]).regroup()
+
+        w = MLP(
+            (self.radial_hidden,) * self.radial_layers + (msg.irreps.num_irreps,),
+            activation=nn.silu,
+            use_bias=False,
+            name="radial_mlp",
+        )(radial)
+        w = w * envelope[:, None]
+        msg = msg * w  # one weight per (channel, path)
+        msg = e3nn.IrrepsArray(msg.irreps, jnp.where(edges_mask[:, None], msg.array, 0.0))
+
+        agg = e3nn.IrrepsArray(
+            msg.irreps, jax.ops.segment_sum(msg.array, receivers, num_segments=n)
+        ) / jnp.sqrt(self.avg_num_neighbors)
+
+        out = e3nn.flax.Linear(target, force_irreps_out=True, name="linear_down")(agg)
+        if self.species_skip:
+            skip = e3nn.flax.Linear(target, force_irreps_out=True, name="skip")(type_weights, x)
+        else:
+            skip = e3nn.flax.Linear(target, force_irreps_out=True, name="skip")(x)
+        out = out + skip
+        return e3nn.gate(out, even_act=nn.silu, even_gate_act=jax.nn.sigmoid)
+
+
+class NequIP(nn.Module):
+    """NequIP-style score network for positions (a ``1o`` vector per atom) and types
+    (K log-scores per atom), conditioned on time, label and (soft) types.
+
+    Attributes:
+      num_types: K physical types; the type table has K+1 rows (row 0 = MASK).
+      num_labels: labels 1..num_labels (0 = null label for classifier-free guidance, Eq. 19);
+        0 means unconditional (no label parameters).
+      cutoff: radial cutoff, Å.
+      num_layers: interaction layers.
+      features: scalar (``0e``) channels.
+      vector_features: channels of every ``l ≥ 1`` irrep.
+      l_max: largest degree of the spherical harmonics and of the hidden irreps.
+      num_basis: Bessel functions of the radial basis.
+      envelope_p: exponent of the polynomial envelope.
+      avg_num_neighbors: see :func:`agedi_jax.nn.common.average_num_neighbors`.
+      radial_hidden, radial_layers: width / depth of the radial MLP.
+      species_skip: per-species (type-weighted) skip connection instead of a plain one.
+      position_head, type_head: which outputs to produce (an absent head returns None and
+        owns no parameters).
+    """
+
+    num_types: int
+    num_labels: int = 0
+    cutoff: float = 6.0
+    num_layers: int = 3
+    features: int = 64
+    vector_features: int = 32
+    l_max: int = 2
+    num_basis: int = 8
+    envelope_p: int = 6
+    avg_num_neighbors: float = 12.0
+    radial_hidden: int = 64
+    radial_layers: int = 2
+    species_skip: bool = False
+    position_head: bool = True
+    type_head: bool = True
+
+    def __call__(
+        self,
+        batch: AtomsBatch,
+        t: Array,
+        label: Array | None = None,
+        *,
+        edges: Edges | None = None,
+        type_weights: Array | None = None,
+    ) -> Scores:
+        """Scores of a batch at diffusion times ``t``.
+
+        Args:
+          batch: padded batch (numpy or jax arrays; positions in Å).
+          t: [g] (or scalar) diffusion time in [0, 1].
+          label: [g] int condition, 0 = null; None -> ``batch.label`` (ignored when
+            ``num_labels == 0``).
+          edges: precomputed :func:`agedi_jax.graph.edge_vectors` (same cutoff); None ->
+            computed here.
+          type_weights: [n, K+1] per-atom weights over the type table (Eq. 20); None ->
+            one-hot of ``batch.types``.
+
+        Returns:
+          ``Scores(positions [n, 3] (1o, zero centre of mass along non-periodic axes),
+          types [n, K])``; padding atoms are exactly 0; an absent head gives None.
+        """
+        check_heads(self.position_head, self.type_head)
+        check_positive("cutoff", self.cutoff)
+        check_positive("avg_num_neighbors", self.avg_num_neighbors)
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        if self.l_max < 1:
+            raise ValueError(f"l_max must be >= 1 (the position output is a vector), got {self.l_max}")
+        validate_inputs(batch, t, label, edges, type_weights,
+                        num_types=self.num_types, num_labels=self.num_labels)
+        return self._forward(batch, t, label, edges, type_weights)
+
+    # One lifted jit around the whole forward pass: an eager ``model.init`` / ``model.apply``
+    # then compiles once instead of dispatching hundreds of small e3nn ops one by one.
+    @nn.jit
+    @nn.compact
+    def _forward(self, batch, t, label, edges, type_weights) -> Scores:
+        batch, t, label, edges, type_weights = prepare_inputs(
+            batch, t, label, edges, type_weights,
+            num_types=self.num_types, num_labels=self.num_labels, cutoff=self.cutoff,
+        )
+
+        h0, cond = Conditioning(self.num_types, self.num_labels, self.features, name="embed")(
+            type_weights, t, label, batch.graph_index
+        )
+        cond_n = cond[batch.graph_index]
+
+        sh = e3nn.spherical_harmonics(
+            e3nn.Irreps.spherical_harmonics(self.l_max), unit_vectors(edges.vectors), normalize=False,
+            normalization="component",
+        )
+        envelope = polynomial_envelope(edges.lengths, self.cutoff, self.envelope_p)
+        radial = bessel_basis(edges.lengths, self.num_basis, self.cutoff) * envelope[:, None]
+
+        hidden = hidden_irreps(self.features, self.vector_features, self.l_max)
+        last = hidden.filter(keep=["0e", "1o"] if self.position_head else ["0e"])
+        x = e3nn.IrrepsArray(f"{self.features}x0e", h0)
+        for i in range(self.num_layers):
+            x = NequIPLayer(
+                irreps_out=last if i == self.num_layers - 1 else hidden,
+                avg_num_neighbors=self.avg_num_neighbors,
+                l_max=self.l_max,
+                radial_hidden=self.radial_hidden,
+                radial_layers=self.radial_layers,
+                species_skip=self.species_skip,
+                name=f"layer_{i}",
+            )(x, cond_n, sh, radial, envelope, edges.mask, batch.senders, batch.receivers,
+              type_weights)
+
+        pos = typ = None
+        if self.position_head:
+            pos = e3nn.flax.Linear("1x1o", force_irreps_out=True, name="position_head")(x).array
+        if self.type_head:
+            s = jnp.concatenate([x.filter(keep="0e").array, cond_n], axis=-1)
+            typ = MLP((self.features, self.num_types), activation=nn.silu, name="type_head")(s)
+        pos, typ = finalize_scores(batch, pos, typ)
+        return Scores(positions=pos, types=typ)

@@ -20,7 +20,9 @@ Everything here is a pure function of arrays; times ``t`` are per atom (``[n]``,
 scalar broadcast to all atoms), running from 1 (prior, all MASK) to 0 (data). Processes
 and schedules are frozen NamedTuples registered as *static* pytrees: pass them to ``jit``
 freely (a change of their numbers recompiles). Sampling moves from ``t`` to
-``t_next < t``; ``fixed`` atoms are never corrupted and never resampled.
+``t_next < t``; ``fixed`` atoms are never corrupted and never resampled. Padding atoms
+(type MASK) are treated like any masked atom by the reverse steps; pass
+``fixed | ~node_mask`` to keep them MASK, or ignore them downstream (the node mask does).
 """
 
 from __future__ import annotations
@@ -129,7 +131,9 @@ def _check_fixed(fixed, n: int) -> Array | None:
 def _check_step_times(t: Array, t_next: Array) -> None:
     tv, sv = _concrete(t), _concrete(t_next)
     if tv is not None and sv is not None and np.any(sv > tv):
-        raise ValueError("t_next must not exceed t: sampling runs backwards in time, from 1 (prior) to 0 (data)")
+        raise ValueError(
+            "t_next must not exceed t: sampling runs backwards in time, from 1 (prior) to 0 (data)"
+        )
 
 
 def _movable(zt: Array, fixed: Array | None) -> Array:

@@ -48,7 +48,8 @@ def test_schedule_total_is_integral_of_rate(sched):
         ts = jnp.linspace(0.0, 1.0, 11)
         grad = jax.vmap(jax.grad(sched.total))(ts)
         np.testing.assert_allclose(grad, sched.rate(ts), rtol=1e-12)
-        assert float(sched.total(0.0)) == pytest.approx(0.0 if isinstance(sched, LogLinearSchedule) else sched.sigma_min, rel=1e-14, abs=0)
+        start = 0.0 if isinstance(sched, LogLinearSchedule) else sched.sigma_min
+        assert float(sched.total(0.0)) == pytest.approx(start, rel=1e-14, abs=0)
 
 
 def test_loglinear_masking_is_linear_in_t():
@@ -78,7 +79,8 @@ def test_kernel_equals_expm(sched):
         for i, t in enumerate(ts):
             sb = p.total(t)
             np.testing.assert_allclose(kern[i], jax.scipy.linalg.expm(sb * q), atol=1e-12, rtol=0)
-            np.testing.assert_allclose(kern[i], scipy.linalg.expm(float(sb) * np.asarray(q)), atol=1e-12, rtol=0)
+            ref = scipy.linalg.expm(float(sb) * np.asarray(q))
+            np.testing.assert_allclose(kern[i], ref, atol=1e-12, rtol=0)
         np.testing.assert_allclose(kern.sum(axis=-2), 1.0, atol=1e-14)
         assert jnp.all(kern >= 0)
 
@@ -94,7 +96,8 @@ def test_product_of_small_step_kernels_is_kernel_of_integrated_rate(sched):
         edges = np.linspace(0.0, t, steps + 1)
         mids = 0.5 * (edges[1:] + edges[:-1])
         rates = np.asarray(p.rate(jnp.asarray(mids)))
-        steps_k = np.asarray(jax.vmap(jax.scipy.linalg.expm)(jnp.asarray(rates * np.diff(edges))[:, None, None] * q))
+        gen = jnp.asarray(rates * np.diff(edges))[:, None, None] * q
+        steps_k = np.asarray(jax.vmap(jax.scipy.linalg.expm)(gen))
         prod = np.asarray(p.kernel(0.0))
         for k in steps_k:
             prod = k @ prod
@@ -155,7 +158,8 @@ def test_score_entropy_nonnegative_and_matches_eq14():
         loss = np.asarray(d.score_entropy(log_score, z0, zt, sb, rate))
     expect = np.where(zt == MASK, rate * _bracket_direct(log_score, z0, sb), 0.0)
     np.testing.assert_allclose(loss, expect, rtol=1e-9)
-    loss32 = np.asarray(d.score_entropy(log_score.astype(np.float32), z0, zt, sb.astype(np.float32), rate.astype(np.float32)))
+    f32 = np.float32
+    loss32 = np.asarray(d.score_entropy(log_score.astype(f32), z0, zt, sb.astype(f32), rate.astype(f32)))
     assert np.all(loss32 >= 0) and np.all(np.isfinite(loss32))
     np.testing.assert_allclose(loss32, expect, rtol=2e-3, atol=1e-4 * np.abs(expect).max())
 
@@ -227,7 +231,8 @@ def test_score_entropy_is_zero_off_mask_and_finite_everywhere():
             assert np.all(np.asarray(per)[np.asarray(zt) != MASK] == 0.0)
             assert np.all(np.asarray(grad)[np.asarray(zt) != MASK] == 0.0)
     # padding atoms (z0 = MASK) contribute nothing even when zt = MASK
-    pad = d.score_entropy(log_score, jnp.zeros(n, jnp.int32), jnp.zeros(n, jnp.int32), p.total(ts), p.rate(ts))
+    none = jnp.zeros(n, jnp.int32)
+    pad = d.score_entropy(log_score, none, none, p.total(ts), p.rate(ts))
     assert np.all(np.asarray(pad) == 0.0)
     # σ̄ = 0 for an unmasked atom (t = 0) leaves no NaN behind the mask
     g = jax.grad(lambda ls: d.score_entropy(ls, z0, z0, jnp.zeros(n), jnp.ones(n)).sum())(log_score)
@@ -321,7 +326,8 @@ def _pair_sampler_law(process, grid, transition):
     for t, s in zip(grid[:-1], grid[1:]):
         ls = _pair_log_scores(process.total(jnp.float64(t)))
         n = zt.shape[0]
-        lp = np.exp(np.asarray(transition(zt, ls, jnp.full(n, t), jnp.full(n, s), process))).reshape(len(STATES), 2, 3)
+        lp = np.exp(np.asarray(transition(zt, ls, jnp.full(n, t), jnp.full(n, s), process)))
+        lp = lp.reshape(len(STATES), 2, 3)
         trans = np.zeros((len(STATES), len(STATES)))
         for a, z in enumerate(STATES):
             for b, w in enumerate(STATES):
@@ -428,7 +434,9 @@ def test_steps_leave_unmasked_and_fixed_atoms_alone():
     np.testing.assert_array_equal(greedy, [2, 1, 2, 3, 2, 2])
 
 
-@pytest.mark.parametrize("sched", [LogLinearSchedule(eps=1e-5), GeometricSchedule()], ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize(
+    "sched", [LogLinearSchedule(eps=1e-5), GeometricSchedule()], ids=lambda s: type(s).__name__
+)
 def test_steps_no_nan_for_extreme_times_and_scores(sched):
     p = AbsorbingProcess(K, sched)
     ts = jnp.array([1.0, 1.0, 0.5, 0.5, 1e-4, 1e-5, 2e-5, 0.9])
@@ -436,7 +444,8 @@ def test_steps_no_nan_for_extreme_times_and_scores(sched):
     n = ts.shape[0]
     zt = jnp.zeros(n, jnp.int32)
     ls = jnp.array(np.random.default_rng(2).normal(0, 5, (n, K)), jnp.float32)
-    ls = ls.at[:, 1].set(-1e30).at[3].set(jnp.array([40.0, -1e30, 30.0]))  # disallowed types, over-confident row
+    # type 2 disallowed everywhere; row 3 over-confident (jump mass >> 1 -> clipping)
+    ls = ls.at[:, 1].set(-1e30).at[3].set(jnp.array([40.0, -1e30, 30.0]))
     for tr in [d.analytic_transition, d.tau_leap_transition]:
         lp = np.asarray(tr(zt, ls, ts, tn, p))
         assert not np.any(np.isnan(lp)) and not np.any(lp == np.inf)

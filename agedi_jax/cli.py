@@ -1,0 +1,179 @@
+"""Command line: ``agedi-jax quickstart | train | sample | evaluate | data``.
+
+Every subcommand that takes a configuration accepts ``--preset NAME`` and any number of
+``--set section.field=value`` overrides (see :mod:`agedi_jax.config`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+def _add_config_args(p: argparse.ArgumentParser, default_preset: str) -> None:
+    from .config import PRESETS
+
+    p.add_argument("--preset", default=default_preset, choices=PRESETS, help="named configuration")
+    p.add_argument("--config", type=Path, default=None, help="a config.json to start from (instead of a preset)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a config field, e.g. --set model.num_layers=4 (repeatable)",
+    )
+
+
+def _resolve_config(args: argparse.Namespace):
+    from .config import Config, override, preset
+
+    if args.config is not None:
+        if not args.config.is_file():
+            raise SystemExit(f"error: config file {args.config} does not exist")
+        cfg = Config.from_json(args.config.read_text())
+    else:
+        cfg = preset(args.preset)
+    return override(cfg, args.overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import fit
+
+    cfg = _resolve_config(args)
+    result = fit(cfg, args.out, resume=not args.restart, progress=not args.quiet)
+    print(f"run directory: {result.run_dir}")
+    print(f"  checkpoints: {result.run_dir / 'checkpoints'} (latest, best)")
+    print(f"  metrics:     {result.run_dir / 'metrics.jsonl'}")
+    print(f"  loss plot:   {result.run_dir / 'loss.png'}")
+    return 0
+
+
+def _parse_interpolate(text: str | None):
+    if not text:
+        return None
+    parts = [p.strip() for p in text.replace(",", ":").split(":") if p.strip()]
+    if len(parts) != 2:
+        raise SystemExit(f"error: --interpolate takes two elements like Pt:Cu, got {text!r}")
+    return tuple(parts)
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .sampling import load_model, sample_atoms, write_extxyz
+
+    model, params, cfg = load_model(args.checkpoint, overrides=args.overrides, use_ema=not args.no_ema)
+    n_atoms = [int(x) for x in args.n_atoms.split(",")] if args.n_atoms else None
+    compositions = args.composition.split(",") if args.composition else None
+    template = None
+    if args.template:
+        from ase.io import read
+
+        template = read(args.template, ":")
+    structures = sample_atoms(
+        model,
+        params,
+        n_atoms=n_atoms,
+        compositions=compositions,
+        templates=template,
+        num_samples=args.num,
+        label=args.label,
+        guidance=args.guidance,
+        interpolate=_parse_interpolate(args.interpolate),
+        progress=not args.quiet,
+    )
+    path = write_extxyz(args.out, structures, model.config)
+    print(f"wrote {len(structures)} structures to {path}")
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import quickstart
+
+    quickstart(args.out, overrides=args.overrides, num_samples=args.num, progress=not args.quiet)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation.report import run_evaluate
+
+    return int(run_evaluate(args) or 0)
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from .data import summary_main
+
+    return int(summary_main(["summary", *args.specs]) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agedi-jax",
+        description="Generative diffusion of atomistic structures in JAX (positions + atomic types).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("quickstart", help="train a small model on the built-in clusters and sample from it")
+    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output directory")
+    p.add_argument("--num", type=int, default=32, help="number of clusters to sample")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_quickstart)
+
+    p = sub.add_parser("train", help="train a diffusion model")
+    _add_config_args(p, "quickstart")
+    p.add_argument("--out", type=Path, required=True, help="run directory (resumed if it has a checkpoint)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sample", help="sample structures from a trained model")
+    p.add_argument("checkpoint", type=Path, help="RUN directory or RUN/checkpoints/{latest,best}")
+    p.add_argument("--out", type=Path, required=True, help="output extended XYZ file")
+    p.add_argument("--num", type=int, default=None, help="number of structures (per size / composition)")
+    p.add_argument("--n-atoms", default=None, help="atoms per structure, comma separated (types generated)")
+    p.add_argument("--composition", default=None, help="formulas, comma separated, e.g. Pt13,Cu13 (types fixed)")
+    p.add_argument("--template", default=None, help="file of template structures (FixAtoms atoms stay fixed)")
+    p.add_argument("--label", type=int, default=None, help="condition label (e.g. layer group)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance weight w (1 = conditional)")
+    p.add_argument("--interpolate", default=None, help="type interpolation between two elements, e.g. Pt:Cu")
+    p.add_argument("--no-ema", action="store_true", help="use the raw parameters instead of the EMA")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="sample.FIELD=VALUE")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("evaluate", help="precision-recall, validity, symmetry of generated structures")
+    try:
+        from .evaluation.report import add_evaluate_arguments
+
+        add_evaluate_arguments(p)
+    except ImportError:  # pragma: no cover - evaluation extras missing
+        pass
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("data", help="one-line summaries of data sets")
+    p.add_argument("action", choices=["summary"])
+    p.add_argument("specs", nargs="+", help="builtin, a QCD directory, qcd:PATH:gm, a C2DB csv / db, an extxyz")
+    p.set_defaults(func=_cmd_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+        # Known user errors get one clear line, not a traceback.
+        from .checkpoint import CheckpointError
+        from .graph import StructureError
+
+        if isinstance(err, (ValueError, KeyError, FileNotFoundError, CheckpointError, StructureError)):
+            print(f"agedi-jax {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,690 @@
+"""Continuous diffusion of atomic positions: noise schedules, VE / VP SDEs and their use
+on an :class:`~agedi_jax.graph.AtomsBatch` (paper Sec. II A, Eqs. 2–9; DESIGN.md §2).
+
+Time runs from ``t = 0`` (data) to ``t = 1`` (prior). Positions are Cartesian, in Å.
+
+* **VE** (Eq. 8): ``dR = sqrt(d[σ²]/dt) dW``, no drift; kernel ``N(R0, (σ(t)² − σ(0)²) I)``.
+  Schedules :class:`VELinearSchedule` (the paper's) and :class:`VEGeometricSchedule`.
+* **VP** (Eq. 5): ``dR = −½ β R dt + sqrt(β) dW``; kernel (Eq. 6)
+  ``N(R0 e^{−α/2}, (1 − e^{−α}) I)`` with ``α(t) = ∫_0^t β``. Schedules
+  :class:`VPLinearSchedule` and :class:`VPCosineSchedule`.
+
+Schedules and SDEs are frozen NamedTuples of Python numbers, registered as *static*
+pytrees (pass them to ``jit`` freely; new numbers recompile). Their methods are pure,
+elementwise functions of ``t`` (and of ``x`` for the drift).
+
+Batch conventions (the batch-level functions below):
+
+* Fixed atoms and padding atoms are never noised and never moved.
+* Translation invariance: along :func:`agedi_jax.graph.com_axes` (the non-periodic axes of
+  graphs without fixed atoms) noise, prior samples and scores live in the
+  zero-centre-of-mass subspace, so the centre of mass never changes.
+* VP acts on coordinates relative to a per-graph **centre** (:func:`centre`): the centre
+  of mass of a graph without fixed atoms, the centroid of its fixed atoms otherwise. The
+  centre is kept by every noising and sampling step, so it can be recomputed from the
+  current positions at any time.
+* Periodic axes (VE only; VP on a periodic axis has no stationary prior and raises):
+  noised positions are wrapped into the cell, and the Gaussian kernel becomes the
+  *wrapped normal* — the sum of the Gaussian over the periodic lattice images. Its score
+  (:func:`wrapped_normal_score`) is the training target, since σ can be comparable to the
+  cell. Non-periodic directions (z of a 2D material) stay Gaussian. The periodic lattice
+  vectors are assumed orthogonal to the non-periodic Cartesian axes whenever those are
+  zero-CoM axes (true for 2D materials in the xy plane).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Union
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agedi_jax.graph import AtomsBatch, com_axes, graph_mean, remove_com
+
+Array = jax.Array
+
+__all__ = [
+    "VELinearSchedule",
+    "VEGeometricSchedule",
+    "VPLinearSchedule",
+    "VPCosineSchedule",
+    "VESDE",
+    "VPSDE",
+    "SDE",
+    "make_sde",
+    "reverse_drift",
+    "atom_keys",
+    "atom_normal",
+    "graph_uniform",
+    "free_atoms",
+    "centre",
+    "wrap_positions",
+    "displace",
+    "batch_drift",
+    "check_batch",
+    "wrapped_normal_score",
+    "noise_positions",
+    "target_score",
+    "prior_sample",
+]
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating))
+
+
+def _require(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(msg)
+
+
+# --------------------------------------------------------------------------------------
+# Schedules
+# --------------------------------------------------------------------------------------
+
+
+class VELinearSchedule(NamedTuple):
+    """Linear VE schedule (the paper's): ``σ(t) = σ_min + t (σ_max − σ_min)``, Å.
+
+    ``g²(t) = d[σ²]/dt = 2 σ(t) (σ_max − σ_min)`` (Eq. 8).
+    """
+
+    sigma_min: float = 0.01
+    sigma_max: float = 8.0
+
+    def validate(self) -> None:
+        lo, hi = self.sigma_min, self.sigma_max
+        if _is_number(lo) and _is_number(hi):
+            _require(0.0 <= lo < hi, f"VELinearSchedule: need 0 <= sigma_min < sigma_max, got {lo}, {hi}")
+
+    def sigma(self, t) -> Array:
+        """σ(t) in Å, elementwise."""
+        return self.sigma_min + jnp.asarray(t) * (self.sigma_max - self.sigma_min)
+
+    def variance(self, t) -> Array:
+        """Kernel variance ``σ(t)² − σ(0)²`` (Å²), computed without cancellation at small t."""
+        d = self.sigma_max - self.sigma_min
+        t = jnp.asarray(t)
+        return t * d * (2.0 * self.sigma_min + t * d)
+
+    def g2(self, t) -> Array:
+        """Squared diffusion ``g²(t) = d[σ²]/dt`` (Å²), elementwise."""
+        return 2.0 * self.sigma(t) * (self.sigma_max - self.sigma_min)
+
+
+class VEGeometricSchedule(NamedTuple):
+    """Geometric VE schedule (score_sde's): ``σ(t) = σ_min (σ_max/σ_min)^t``, Å.
+
+    ``g²(t) = 2 ln(σ_max/σ_min) σ(t)²``.
+    """
+
+    sigma_min: float = 0.01
+    sigma_max: float = 8.0
+
+    def validate(self) -> None:
+        lo, hi = self.sigma_min, self.sigma_max
+        if _is_number(lo) and _is_number(hi):
+            _require(0.0 < lo < hi, f"VEGeometricSchedule: need 0 < sigma_min < sigma_max, got {lo}, {hi}")
+
+    def _log_ratio(self) -> float:
+        return math.log(self.sigma_max / self.sigma_min)
+
+    def sigma(self, t) -> Array:
+        """σ(t) in Å, elementwise."""
+        return self.sigma_min * jnp.exp(jnp.asarray(t) * self._log_ratio())
+
+    def variance(self, t) -> Array:
+        """Kernel variance ``σ(t)² − σ(0)² = σ_min² expm1(2 t ln r)`` (Å²)."""
+        return self.sigma_min**2 * jnp.expm1(2.0 * jnp.asarray(t) * self._log_ratio())
+
+    def g2(self, t) -> Array:
+        """Squared diffusion ``g²(t) = d[σ²]/dt`` (Å²), elementwise."""
+        return 2.0 * self._log_ratio() * self.sigma(t) ** 2
+
+
+class VPLinearSchedule(NamedTuple):
+    """Linear VP schedule: ``β(t) = β_min + t (β_max − β_min)``,
+    ``α(t) = ∫_0^t β = β_min t + ½ t² (β_max − β_min)`` (Eqs. 5–6)."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+
+    def validate(self) -> None:
+        lo, hi = self.beta_min, self.beta_max
+        if _is_number(lo) and _is_number(hi):
+            _require(0.0 <= lo <= hi and hi > 0, f"VPLinearSchedule: need 0 <= beta_min <= beta_max, beta_max > 0; got {lo}, {hi}")
+
+    def beta(self, t) -> Array:
+        """β(t), elementwise (per unit time)."""
+        return self.beta_min + jnp.asarray(t) * (self.beta_max - self.beta_min)
+
+    def alpha(self, t) -> Array:
+        """α(t) = ∫_0^t β(s) ds, elementwise."""
+        t = jnp.asarray(t)
+        return t * (self.beta_min + 0.5 * t * (self.beta_max - self.beta_min))
+
+
+class VPCosineSchedule(NamedTuple):
+    """Cosine VP schedule (Nichol & Dhariwal 2021) in continuous time.
+
+    The signal fraction is ``e^{−α(t)} = cos²φ(t) / cos²φ(0)`` with the angle linear in t,
+    ``φ(t) = φ0 + t (φ1 − φ0)``, ``φ0 = (π/2) s/(1+s)``. Nichol & Dhariwal's ``φ1 = π/2``
+    makes ``α(1)`` infinite (their discrete version clips β); here ``φ1`` is chosen so that
+    ``α(1) = alpha_max`` exactly, which keeps the closed forms:
+
+        α(t) = −2 ln[cos φ(t) / cos φ0],      β(t) = α'(t) = 2 (φ1 − φ0) tan φ(t).
+
+    ``alpha_max = 10`` matches the linear schedule's default ``α(1) ≈ 10.05``.
+    """
+
+    s: float = 0.008
+    alpha_max: float = 10.0
+
+    def validate(self) -> None:
+        if _is_number(self.s) and _is_number(self.alpha_max):
+            _require(self.s > 0 and self.alpha_max > 0, f"VPCosineSchedule: need s > 0 and alpha_max > 0, got {self.s}, {self.alpha_max}")
+
+    def _angles(self) -> tuple[float, float]:
+        phi0 = 0.5 * math.pi * self.s / (1.0 + self.s)
+        phi1 = math.acos(math.exp(-0.5 * self.alpha_max) * math.cos(phi0))
+        return phi0, phi1
+
+    def beta(self, t) -> Array:
+        """β(t) = 2 (φ1 − φ0) tan φ(t), elementwise."""
+        phi0, phi1 = self._angles()
+        return 2.0 * (phi1 - phi0) * jnp.tan(phi0 + jnp.asarray(t) * (phi1 - phi0))
+
+    def alpha(self, t) -> Array:
+        """α(t) = −2 ln[cos(φ0 + δ)/cos φ0], δ = t (φ1 − φ0), written as
+        ``−2 log1p(−2 sin²(δ/2) − tan φ0 sin δ)`` to stay accurate at small t."""
+        phi0, phi1 = self._angles()
+        delta = jnp.asarray(t) * (phi1 - phi0)
+        return -2.0 * jnp.log1p(-2.0 * jnp.sin(0.5 * delta) ** 2 - math.tan(phi0) * jnp.sin(delta))
+
+
+VESchedule = Union[VELinearSchedule, VEGeometricSchedule]
+VPSchedule = Union[VPLinearSchedule, VPCosineSchedule]
+
+
+# --------------------------------------------------------------------------------------
+# SDEs
+# --------------------------------------------------------------------------------------
+
+
+class VESDE(NamedTuple):
+    """Variance-exploding SDE (Eq. 8): ``f = 0``, ``g² = d[σ²]/dt``.
+
+    Methods are elementwise in ``t``; ``x`` is in Å.
+    """
+
+    schedule: VESchedule = VELinearSchedule()
+
+    is_vp = False  # class constant (not a field)
+
+    def validate(self) -> None:
+        if not isinstance(self.schedule, (VELinearSchedule, VEGeometricSchedule)):
+            raise TypeError(f"VESDE needs a VE schedule (VELinearSchedule | VEGeometricSchedule), got {type(self.schedule).__name__}")
+        self.schedule.validate()
+
+    def drift(self, x, t) -> Array:
+        """Forward drift ``f(x, t) = 0`` (Å per unit time), shape of ``x``."""
+        return jnp.zeros_like(jnp.asarray(x))
+
+    def g2(self, t) -> Array:
+        """Squared diffusion coefficient ``g(t)²`` (Å² per unit time)."""
+        self.validate()
+        return self.schedule.g2(t)
+
+    def diffusion(self, t) -> Array:
+        """Diffusion coefficient ``g(t)``."""
+        return jnp.sqrt(self.g2(t))
+
+    def mean_coeff(self, t) -> Array:
+        """Kernel mean coefficient (1 for VE): mean = coeff · x0."""
+        return jnp.ones_like(jnp.asarray(t, dtype=jnp.result_type(float)))
+
+    def mean_coeff_minus_one(self, t) -> Array:
+        """``mean_coeff(t) − 1`` without rounding (exactly 0 for VE)."""
+        return jnp.zeros_like(jnp.asarray(t, dtype=jnp.result_type(float)))
+
+    def std(self, t) -> Array:
+        """Kernel standard deviation ``sqrt(σ(t)² − σ(0)²)`` (Å), elementwise."""
+        self.validate()
+        return jnp.sqrt(self.schedule.variance(t))
+
+    def marginal(self, x0, t) -> tuple[Array, Array]:
+        """Kernel ``p_0t(x | x0) = N(mean, std² I)``: returns ``(x0, std(t))``; ``t`` must
+        broadcast against ``x0`` for the mean (e.g. ``t [n, 1]`` for ``x0 [n, 3]``)."""
+        x0 = jnp.asarray(x0)
+        return x0 * self.mean_coeff(t), self.std(t)
+
+    @property
+    def prior_std(self) -> float:
+        """Standard deviation of the prior at t = 1 (Å): ``sqrt(σ(1)² − σ(0)²)``."""
+        return float(np.sqrt(np.asarray(self.schedule.variance(np.float64(1.0)))))
+
+    def reverse_drift(self, x, t, score, probability_flow: bool = False) -> Array:
+        """Drift of the reverse SDE (Eq. 3) ``f − g² s`` or of the probability-flow ODE
+        ``f − ½ g² s``; ``score`` in Å⁻¹, ``t`` broadcastable against ``x``."""
+        return reverse_drift(self, x, t, score, probability_flow)
+
+
+class VPSDE(NamedTuple):
+    """Variance-preserving SDE (Eq. 5): ``f = −½ β x``, ``g² = β``; kernel (Eq. 6)
+    ``N(x0 e^{−α/2}, (1 − e^{−α}) I)``. ``x`` is relative to the graph's centre."""
+
+    schedule: VPSchedule = VPLinearSchedule()
+
+    is_vp = True  # class constant (not a field)
+
+    def validate(self) -> None:
+        if not isinstance(self.schedule, (VPLinearSchedule, VPCosineSchedule)):
+            raise TypeError(f"VPSDE needs a VP schedule (VPLinearSchedule | VPCosineSchedule), got {type(self.schedule).__name__}")
+        self.schedule.validate()
+
+    def drift(self, x, t) -> Array:
+        """Forward drift ``f(x, t) = −½ β(t) x``."""
+        self.validate()
+        return -0.5 * self.schedule.beta(t) * jnp.asarray(x)
+
+    def g2(self, t) -> Array:
+        """Squared diffusion coefficient ``g² = β(t)``."""
+        self.validate()
+        return self.schedule.beta(t)
+
+    def diffusion(self, t) -> Array:
+        """Diffusion coefficient ``g(t) = sqrt(β(t))``."""
+        return jnp.sqrt(self.g2(t))
+
+    def mean_coeff(self, t) -> Array:
+        """Kernel mean coefficient ``e^{−α(t)/2}``."""
+        self.validate()
+        return jnp.exp(-0.5 * self.schedule.alpha(t))
+
+    def mean_coeff_minus_one(self, t) -> Array:
+        """``e^{−α/2} − 1`` computed with expm1."""
+        self.validate()
+        return jnp.expm1(-0.5 * self.schedule.alpha(t))
+
+    def std(self, t) -> Array:
+        """Kernel standard deviation ``sqrt(1 − e^{−α(t)})``, elementwise (units of x)."""
+        self.validate()
+        return jnp.sqrt(-jnp.expm1(-self.schedule.alpha(t)))
+
+    def marginal(self, x0, t) -> tuple[Array, Array]:
+        """Kernel (Eq. 6): returns ``(x0 e^{−α/2}, sqrt(1 − e^{−α}))``."""
+        x0 = jnp.asarray(x0)
+        return x0 * self.mean_coeff(t), self.std(t)
+
+    @property
+    def prior_std(self) -> float:
+        """Standard deviation of the prior at t = 1: ``sqrt(1 − e^{−α(1)})``."""
+        return float(np.sqrt(-np.expm1(-np.asarray(self.schedule.alpha(np.float64(1.0))))))
+
+    def reverse_drift(self, x, t, score, probability_flow: bool = False) -> Array:
+        """Drift of the reverse SDE (Eq. 3) ``f − g² s`` or of the probability-flow ODE
+        ``f − ½ g² s``."""
+        return reverse_drift(self, x, t, score, probability_flow)
+
+
+SDE = Union[VESDE, VPSDE]
+
+for _cls in (VELinearSchedule, VEGeometricSchedule, VPLinearSchedule, VPCosineSchedule, VESDE, VPSDE):
+    jax.tree_util.register_static(_cls)
+
+
+def make_sde(
+    sde: str = "ve",
+    schedule: str = "linear",
+    *,
+    sigma_min: float = 0.01,
+    sigma_max: float = 8.0,
+    beta_min: float = 0.1,
+    beta_max: float = 20.0,
+) -> SDE:
+    """Build an SDE from names (as in :class:`agedi_jax.config.ProcessConfig`):
+    ``sde`` "ve" (schedules "linear", "geometric") or "vp" ("linear", "cosine")."""
+    if sde == "ve":
+        table = {"linear": VELinearSchedule, "geometric": VEGeometricSchedule}
+        if schedule not in table:
+            raise ValueError(f"VE schedule {schedule!r} unknown; choose one of {sorted(table)}")
+        out = VESDE(table[schedule](sigma_min, sigma_max))
+    elif sde == "vp":
+        if schedule == "linear":
+            out = VPSDE(VPLinearSchedule(beta_min, beta_max))
+        elif schedule == "cosine":
+            out = VPSDE(VPCosineSchedule())
+        else:
+            raise ValueError(f"VP schedule {schedule!r} unknown; choose 'linear' or 'cosine'")
+    else:
+        raise ValueError(f"sde {sde!r} unknown; choose 've' or 'vp'")
+    out.validate()
+    return out
+
+
+def reverse_drift(sde: SDE, x, t, score, probability_flow: bool = False) -> Array:
+    """Reverse-time drift (Eq. 3): ``f(x, t) − g(t)² s`` (SDE), or ``f − ½ g² s``
+    (probability-flow ODE). Shapes: ``x``, ``score`` ``[..., 3]``; ``t`` broadcastable."""
+    g2 = sde.g2(t)
+    factor = 0.5 if probability_flow else 1.0
+    return sde.drift(x, t) - factor * g2 * jnp.asarray(score)
+
+
+# --------------------------------------------------------------------------------------
+# Random numbers keyed per graph slot and per atom (padding-invariant)
+# --------------------------------------------------------------------------------------
+
+
+def _local_index(batch: AtomsBatch) -> Array:
+    """Index of every atom inside its graph (0 for the first atom of each graph)."""
+    n, g = batch.num_nodes, batch.num_graphs
+    idx = jnp.arange(n)
+    first = jax.ops.segment_min(idx, batch.graph_index, num_segments=g)
+    return idx - first[batch.graph_index]
+
+
+def atom_keys(key: Array, batch: AtomsBatch) -> Array:
+    """One PRNG key per atom: ``fold_in(fold_in(key, graph slot), index in graph)``.
+
+    Random numbers drawn from these keys depend only on the atom's graph slot and position
+    inside its graph, not on the padded sizes or the other graphs of the batch."""
+    gkeys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(batch.num_graphs))
+    return jax.vmap(jax.random.fold_in)(gkeys[batch.graph_index], _local_index(batch))
+
+
+def atom_normal(key: Array, batch: AtomsBatch, dtype=None) -> Array:
+    """Standard normal ``[n, 3]`` keyed per atom (see :func:`atom_keys`)."""
+    dtype = dtype or jnp.asarray(batch.positions).dtype
+    keys = atom_keys(key, batch)
+    return jax.vmap(lambda k: jax.random.normal(k, (3,), dtype))(keys)
+
+
+def graph_uniform(key: Array, batch: AtomsBatch, minval=0.0, maxval=1.0, dtype=None) -> Array:
+    """Uniform ``[g]`` keyed per graph slot (``fold_in(key, slot)``)."""
+    dtype = dtype or jnp.asarray(batch.positions).dtype
+    gkeys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(batch.num_graphs))
+    return jax.vmap(lambda k: jax.random.uniform(k, (), dtype, minval, maxval))(gkeys)
+
+
+# --------------------------------------------------------------------------------------
+# Batch geometry
+# --------------------------------------------------------------------------------------
+
+
+def free_atoms(batch: AtomsBatch) -> Array:
+    """[n] bool: real atoms that are not fixed (the ones that are noised and sampled)."""
+    return jnp.asarray(batch.node_mask, bool) & ~jnp.asarray(batch.fixed, bool)
+
+
+def _has_fixed(batch: AtomsBatch) -> Array:
+    f = (jnp.asarray(batch.fixed, bool) & jnp.asarray(batch.node_mask, bool)).astype(jnp.int32)
+    return jax.ops.segment_max(f, batch.graph_index, num_segments=batch.num_graphs) > 0
+
+
+def centre(batch: AtomsBatch, positions=None) -> Array:
+    """Per-graph centre ``[g, 3]`` (Å) that VP contracts towards and priors are drawn
+    around: the centroid of the fixed atoms of graphs that have some, else the centre of
+    mass (unweighted mean) of the real atoms. Zero along periodic axes (unused there)."""
+    x = jnp.asarray(batch.positions if positions is None else positions)
+    com = graph_mean(batch, x)
+    fixed_c = graph_mean(batch, x, weights=jnp.asarray(batch.fixed, bool))
+    c = jnp.where(_has_fixed(batch)[:, None], fixed_c, com)
+    return jnp.where(jnp.asarray(batch.pbc, bool), 0.0, c)
+
+
+def _inv3(m: Array) -> Array:
+    """Inverse of a batch of 3×3 matrices ``[..., 3, 3]`` by the adjugate (cheap to compile
+    compared with an LU solve; the matrices here are cells and Gram matrices, well
+    conditioned)."""
+    a, b, c = m[..., 0, :], m[..., 1, :], m[..., 2, :]
+    r0, r1, r2 = jnp.cross(b, c), jnp.cross(c, a), jnp.cross(a, b)
+    det = jnp.sum(a * r0, axis=-1)[..., None, None]
+    return jnp.stack([r0, r1, r2], axis=-1) / det
+
+
+def wrap_positions(batch: AtomsBatch, positions) -> Array:
+    """Wrap positions ``[n, 3]`` (Å) into the cell along periodic axes, as ASE's ``wrap``:
+    subtract the whole lattice vectors ``⌊f_a⌋ a_a`` (fractional coordinates
+    ``f = x · cell⁻¹``), so periodic ``f_a ∈ [0, 1)`` afterwards. Atoms already inside are
+    returned bit-identical; graphs without periodic axes are untouched."""
+    x = jnp.asarray(positions)
+    pbc = jnp.asarray(batch.pbc, bool)
+    cell = jnp.asarray(batch.cell, x.dtype)
+    any_pbc = jnp.any(pbc, axis=-1)
+    safe = jnp.where(any_pbc[:, None, None], cell, jnp.eye(3, dtype=x.dtype))
+    inv = _inv3(safe)
+    gi = batch.graph_index
+    frac = jnp.einsum("ni,nij->nj", x, inv[gi])
+    shift = jnp.where(pbc[gi], jnp.floor(frac), 0.0)
+    return x - jnp.einsum("ni,nij->nj", shift, cell[gi])
+
+
+def displace(batch: AtomsBatch, positions, dx) -> Array:
+    """``positions + dx`` for free atoms only, with ``dx`` projected onto the zero-CoM
+    subspace along :func:`~agedi_jax.graph.com_axes` (the centre of mass is kept exactly)
+    and the result wrapped along periodic axes; fixed and padding atoms keep their
+    positions. Shapes ``[n, 3]``, Å."""
+    x = jnp.asarray(positions)
+    dx = jnp.where(free_atoms(batch)[:, None], dx, 0.0)
+    dx = remove_com(batch, dx)
+    return wrap_positions(batch, x + dx)
+
+
+def check_batch(sde: SDE, batch: AtomsBatch) -> None:
+    """Raise ``ValueError`` if a VP SDE meets a periodic real graph (VP contracts towards
+    a centre, which a periodic axis does not have). Checked when ``batch.pbc`` is known on
+    the host; inside a trace the batch-level functions poison such graphs with NaN."""
+    if not sde.is_vp:
+        return
+    pbc, gm = batch.pbc, batch.graph_mask
+    if isinstance(pbc, jax.core.Tracer) or isinstance(gm, jax.core.Tracer):
+        return
+    bad = np.where(np.any(np.asarray(pbc, bool), axis=-1) & np.asarray(gm, bool))[0]
+    if bad.size:
+        raise ValueError(
+            f"the VP SDE cannot act on periodic axes (graphs {bad[:10].tolist()} have pbc); "
+            "use the VE SDE for periodic structures"
+        )
+
+
+def _vp_poison(sde: SDE, batch: AtomsBatch, x: Array) -> Array:
+    """NaN out the atoms of periodic graphs under VP (the traced fallback of check_batch)."""
+    if not sde.is_vp:
+        return x
+    periodic = jnp.any(jnp.asarray(batch.pbc, bool), axis=-1) & jnp.asarray(batch.graph_mask, bool)
+    bad = periodic[batch.graph_index] & jnp.asarray(batch.node_mask, bool)
+    return jnp.where(bad[:, None], jnp.nan, x)
+
+
+def batch_drift(sde: SDE, batch: AtomsBatch, positions, t_atom) -> Array:
+    """Forward drift ``f`` of every atom ``[n, 3]``: VE 0; VP ``−½ β (x − centre)``.
+    ``t_atom`` is ``[n]``."""
+    x = jnp.asarray(positions)
+    if not sde.is_vp:
+        return jnp.zeros_like(x)
+    c = centre(batch, x)[batch.graph_index]
+    f = sde.drift(x - c, jnp.asarray(t_atom)[:, None])
+    return _vp_poison(sde, batch, f)
+
+
+def _graph_times(batch: AtomsBatch, t, dtype) -> Array:
+    t = jnp.asarray(t, dtype)
+    if t.ndim == 0:
+        return jnp.broadcast_to(t, (batch.num_graphs,))
+    chex.assert_shape(t, (batch.num_graphs,))
+    return t
+
+
+# --------------------------------------------------------------------------------------
+# The wrapped normal
+# --------------------------------------------------------------------------------------
+
+
+def _image_grid(k: int) -> np.ndarray:
+    r = np.arange(-k, k + 1)
+    return np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3).astype(np.float64)
+
+
+def wrapped_normal_score(d, std, cell, pbc, images: int = 2) -> Array:
+    """Score ``∇_d log Σ_L N(d − L; 0, std² I)`` of the wrapped normal, per atom.
+
+    ``L`` runs over the lattice spanned by the periodic rows of ``cell``; along the other
+    directions the density stays Gaussian (score ``−d_⊥/std²``). Two exact expansions are
+    truncated to ``(2·images+1)`` terms per periodic axis and the better one is taken per
+    atom: the real-space image sum (after reducing ``d`` to the minimum image), accurate
+    when ``std`` is small against the interplanar spacing, and its Poisson dual
+    ``Σ_G e^{−std²|G|²/2} cos(G·d)`` over reciprocal vectors ``G``, accurate when ``std``
+    is large (the density is then almost uniform and the score tiny). They are switched
+    where their truncation errors are equal, ``std² = (k+½) d_min a_max / (2π (k+1))``;
+    with ``images = 2`` the relative error is ~1e-10 for a square cell and stays below
+    ~1e-6 for cells that are not extremely skewed (use reduced cells).
+
+    Args:
+      d: ``[n, 3]`` displacement from the kernel mean (Å).
+      std: ``[n]`` kernel standard deviation (Å), > 0.
+      cell: ``[n, 3, 3]`` lattice vectors (rows) of each atom's graph, Å.
+      pbc: ``[n, 3]`` bool periodic axes of each atom's graph.
+      images: image shells kept per periodic axis (static).
+    Returns:
+      ``[n, 3]`` score in Å⁻¹ (``−d/std²`` for atoms without periodic axes).
+    """
+    d = jnp.asarray(d)
+    dtype = d.dtype
+    pbc = jnp.asarray(pbc, bool)
+    cell = jnp.asarray(cell, dtype)
+    a = jnp.where(pbc[:, :, None], cell, 0.0)
+    eye = jnp.eye(3, dtype=dtype)
+    gram = jnp.einsum("nik,njk->nij", a, a) + jnp.where(pbc[:, :, None], 0.0, eye)
+    b = jnp.einsum("nik,nij->nkj", a, _inv3(gram))  # columns: reciprocal basis
+    s2 = jnp.maximum(jnp.asarray(std, dtype) ** 2, jnp.finfo(dtype).tiny)[:, None]
+
+    grid = jnp.asarray(_image_grid(images), dtype)  # [S, 3]
+    valid = jnp.all(pbc[:, None, :] | (grid[None] == 0), axis=-1)  # [n, S]
+
+    # Real space: minimum image, then the image sum (a softmax over images).
+    frac = jnp.einsum("ni,nij->nj", d, b)
+    d0 = d - jnp.einsum("ni,nij->nj", jnp.round(frac), a)
+    r = d0[:, None, :] - jnp.einsum("si,nij->nsj", grid, a)  # [n, S, 3]
+    logits = jnp.where(valid, -jnp.sum(r * r, -1) / (2.0 * s2), -jnp.inf)
+    w = jax.nn.softmax(logits, axis=-1)
+    score_real = -jnp.einsum("ns,nsj->nj", w, r) / s2
+
+    # Reciprocal space: Poisson summation over the periodic sublattice.
+    f = frac - jnp.round(frac)
+    d_perp = d - jnp.einsum("ni,nij->nj", frac, a)
+    bm = jnp.einsum("nij,sj->nsi", b, grid)  # B m, [n, S, 3]; G = 2π B m
+    coef = jnp.where(valid, jnp.exp(-2.0 * jnp.pi**2 * s2 * jnp.sum(bm * bm, -1)), 0.0)
+    phase = 2.0 * jnp.pi * jnp.einsum("sj,nj->ns", grid, f)
+    dens = jnp.sum(coef * jnp.cos(phase), -1)
+    grad = -2.0 * jnp.pi * jnp.einsum("ns,nsi->ni", coef * jnp.sin(phase), bm)
+
+    a_len = jnp.where(pbc, jnp.linalg.norm(a, axis=-1), 0.0)
+    spacing = 1.0 / jnp.where(pbc, jnp.linalg.norm(jnp.swapaxes(b, 1, 2), axis=-1), 1.0)
+    d_min = jnp.min(jnp.where(pbc, spacing, jnp.inf), axis=-1)
+    a_max = jnp.max(a_len, axis=-1)
+    switch = (images + 0.5) * d_min * a_max / (2.0 * jnp.pi * (images + 1.0))
+    use_recip = jnp.any(pbc, -1) & (s2[:, 0] > switch)
+    dens = jnp.where(use_recip, dens, 1.0)
+    score_recip = grad / dens[:, None] - d_perp / s2
+    return jnp.where(use_recip[:, None], score_recip, score_real)
+
+
+# --------------------------------------------------------------------------------------
+# Noising, targets and the prior
+# --------------------------------------------------------------------------------------
+
+
+def noise_positions(key: Array, sde: SDE, batch: AtomsBatch, t) -> tuple[AtomsBatch, Array, Array]:
+    """Sample ``R_t ~ p_0t(· | R_0)`` for every free atom (Eqs. 6, 8).
+
+    ``x_t = x0 + (m − 1)(x0 − c) + std·ε`` with ``m`` the kernel mean coefficient, ``c``
+    the graph :func:`centre` and ``ε ~ N(0, I)`` projected onto the zero-CoM subspace along
+    :func:`~agedi_jax.graph.com_axes`; fixed and padding atoms keep their positions;
+    periodic axes are wrapped. The noise is keyed per atom (:func:`atom_normal`).
+
+    Args:
+      key: PRNG key.
+      sde: :class:`VESDE` or :class:`VPSDE`.
+      batch: clean batch (positions Å).
+      t: ``[g]`` per-graph times in (0, 1] (or a scalar).
+    Returns:
+      ``(batch_t, eps, std)``: the noised batch; ``eps`` ``[n, 3]``, the ε-target
+      ``−std · ∇ log p_0t(x_t | x_0)`` — the (projected) Gaussian draw itself, except on
+      periodic graphs where it is ``−std ·`` the wrapped-normal score
+      (:func:`wrapped_normal_score`); zero on fixed and padding atoms; ``std`` ``[n]``, the
+      kernel standard deviation of each atom's graph (Å for VE).
+    """
+    sde.validate()
+    check_batch(sde, batch)
+    x0 = jnp.asarray(batch.positions)
+    chex.assert_shape(x0, (batch.num_nodes, 3))
+    dtype = x0.dtype
+    gi = batch.graph_index
+    t_atom = _graph_times(batch, t, dtype)[gi]
+    std = sde.std(t_atom)
+    m1 = sde.mean_coeff_minus_one(t_atom)
+    free = free_atoms(batch)
+
+    eps = jnp.where(free[:, None], atom_normal(key, batch, dtype), 0.0)
+    eps = remove_com(batch, eps)
+    disp = std[:, None] * eps
+    c = centre(batch, x0)[gi]
+    xt = x0 + m1[:, None] * (x0 - c) + disp
+    xt = jnp.where(free[:, None], xt, x0)
+    xt = _vp_poison(sde, batch, wrap_positions(batch, xt))
+
+    periodic = jnp.any(jnp.asarray(batch.pbc, bool), -1)[gi]
+    ws = jax.lax.stop_gradient(
+        wrapped_normal_score(disp, std, jnp.asarray(batch.cell, dtype)[gi], jnp.asarray(batch.pbc, bool)[gi])
+    )
+    target = jnp.where(periodic[:, None], -std[:, None] * ws, eps)
+    target = jnp.where(free[:, None], target, 0.0)
+    return batch._replace(positions=xt), target, std
+
+
+def target_score(eps, std) -> Array:
+    """Score target ``−ε / std`` (Å⁻¹) from the ε-target ``[n, 3]`` and ``std`` ``[n]``
+    of :func:`noise_positions` (Eq. 7); 0 where ``std`` is 0."""
+    eps = jnp.asarray(eps)
+    std = jnp.asarray(std, eps.dtype)
+    safe = jnp.where(std > 0, std, 1.0)
+    return jnp.where((std > 0)[:, None], -eps / safe[:, None], 0.0)
+
+
+def prior_sample(key: Array, sde: SDE, batch: AtomsBatch) -> AtomsBatch:
+    """Draw the free atoms' positions from the prior at ``t = 1``.
+
+    Along zero-CoM axes: ``c + std(1)·ε`` with ``c`` the template's centre of mass and ε
+    projected (the template's internal arrangement is ignored there). Along other axes the
+    kernel at ``t = 1`` applied to the template's positions ``x``: VE ``x + std(1)·ε``
+    (uniform-ish after wrapping when std(1) exceeds the cell), VP
+    ``c + e^{−α(1)/2}(x − c) + std(1)·ε`` with ``c`` the fixed atoms' centroid. Fixed and
+    padding atoms are kept; periodic axes are wrapped.
+
+    Args:
+      key: PRNG key (noise keyed per atom).
+      sde: the SDE.
+      batch: template batch (positions Å; types untouched).
+    Returns:
+      the batch with new positions ``[n, 3]``.
+    """
+    sde.validate()
+    check_batch(sde, batch)
+    x = jnp.asarray(batch.positions)
+    chex.assert_shape(x, (batch.num_nodes, 3))
+    dtype = x.dtype
+    gi = batch.graph_index
+    free = free_atoms(batch)
+    std1 = sde.std(jnp.ones((), dtype))
+    m1 = sde.mean_coeff_minus_one(jnp.ones((), dtype))
+    eps = remove_com(batch, jnp.where(free[:, None], atom_normal(key, batch, dtype), 0.0))
+    c = centre(batch, x)[gi]
+    axes = com_axes(batch)[gi]
+    new = jnp.where(axes, c + std1 * eps, x + m1 * (x - c) + std1 * eps)
+    new = jnp.where(free[:, None], new, x)
+    new = jnp.where(jnp.asarray(batch.node_mask, bool)[:, None], new, 0.0)
+    new = _vp_poison(sde, batch, wrap_positions(batch, new))
+    return batch._replace(positions=new)

@@ -1,5 +1,9 @@
 """NequIP-style E(3)-equivariant score network (Batzner et al. 2022) written with e3nn-jax.
 
+It models ``s_θ(M_t, t)`` of the paper: an equivariant vector per atom for the position
+score (Eqs. 4, 7; the model layer reads it as ε̂ or as a score) and K scalars per atom for
+the log concrete scores of the type process (Eq. 14), with one trunk and two heads (Eq. 18).
+
 Per interaction layer (node features ``x``, edge ``i ← j`` with vector ``r_ij`` Å):
 
 1. scalar channels += Dense(cond)[graph]        (time / label conditioning, scalars only)

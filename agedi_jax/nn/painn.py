@@ -1,5 +1,8 @@
 """PaiNN score network (Schütt, Unke & Gastegger, ICML 2021), the paper's network.
 
+Same outputs as :mod:`agedi_jax.nn.nequip`: an equivariant vector per atom for the position
+score (Eqs. 4, 7) and K log concrete scores per atom for the types (Eq. 14).
+
 Atoms carry scalars ``s`` [n, F] and vectors ``v`` [n, 3, F] (``v = 0`` at the start).
 Per layer, with edge ``i ← j``, direction ``r̂_ij`` and length ``r_ij`` (Å):
 

@@ -66,7 +66,8 @@ def soap_features(
       n_jobs: parallel processes in dscribe.
 
     Returns:
-      ``[n_structures, D]`` float64 array (or CSR matrix), D = dscribe's feature count.
+      ``[n_structures, D]`` float64 array (or CSR matrix), D = dscribe's feature count for
+      ``species``; the numbers equal dscribe's ``SOAP(species, ..., average="inner")``.
     """
     import scipy.sparse
     from dscribe.descriptors import SOAP
@@ -89,23 +90,37 @@ def soap_features(
         for k, atoms in enumerate(structures):
             if np.any(atoms.pbc) and atoms.cell.rank < int(np.sum(atoms.pbc)):
                 raise ValueError(f"soap_features: structure {k} is periodic but its cell is degenerate")
-    soap = SOAP(
-        species=list(species),
-        r_cut=float(r_cut),
-        n_max=int(n_max),
-        l_max=int(l_max),
-        sigma=float(sigma),
-        periodic=bool(periodic),
-        average="inner",
-        sparse=bool(sparse),
+    settings = dict(r_cut=float(r_cut), n_max=int(n_max), l_max=int(l_max), sigma=float(sigma),
+                    periodic=bool(periodic), average="inner")
+    full = SOAP(species=list(species), **settings)
+    n_features = full.get_number_of_features()
+
+    # dscribe's cost grows with the width of the full species list (it fills dense per-atom
+    # blocks for every species pair). Structures are therefore described with only their own
+    # elements and each species-pair block is scattered to its place in the full layout —
+    # identical numbers (the block layout does not depend on the other species).
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for k, atoms in enumerate(structures):
+        groups.setdefault(tuple(species_of([atoms])), []).append(k)
+    rows, cols, vals = [], [], []
+    for elements, index in groups.items():
+        sub = SOAP(species=list(elements), **settings)
+        members = [structures[k] for k in index]
+        block = np.asarray(sub.create(members, n_jobs=int(n_jobs)), dtype=np.float64).reshape(len(members), -1)
+        for a_i, a in enumerate(elements):
+            for b in elements[a_i:]:
+                src = sub.get_location((a, b))
+                dst = full.get_location((a, b))
+                part = block[:, src]
+                r, c = np.nonzero(part)
+                rows.append(np.asarray(index)[r])
+                cols.append(c + dst.start)
+                vals.append(part[r, c])
+    matrix = scipy.sparse.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(len(structures), n_features),
     )
-    out = soap.create(structures if len(structures) > 1 else structures[0], n_jobs=int(n_jobs))
-    if sparse:
-        out = scipy.sparse.csr_matrix(out.to_scipy_sparse()) if hasattr(out, "to_scipy_sparse") else scipy.sparse.csr_matrix(out)
-        if out.shape[0] != len(structures):
-            out = out.reshape((len(structures), -1)).tocsr()
-        return out
-    return np.asarray(out, dtype=np.float64).reshape(len(structures), -1)
+    return matrix if sparse else matrix.toarray()
 
 
 def tsne_map(
@@ -114,12 +129,15 @@ def tsne_map(
     perplexity: float = 30.0,
     seed: int = 0,
     pca_components: int = 50,
+    n_threads: int | None = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Joint 2D t-SNE embedding of two feature sets (paper Fig. 4b / 5a / 6b).
 
-    Both sets are stacked, standardised by PCA (TruncatedSVD for sparse input) to at most
+    Both sets are stacked, reduced by PCA (TruncatedSVD for sparse input) to at most
     ``pca_components`` dimensions, then embedded together with scikit-learn's TSNE
     (``init="pca"``, ``random_state=seed``). ``perplexity`` is reduced to fit small sets.
+    ``n_threads`` caps BLAS/OpenMP threads (threadpoolctl; 1 is much faster for small sets
+    on a shared machine, None keeps the libraries' defaults).
 
     Returns:
       ``(embedding_a [n_a, 2], embedding_b [n_b, 2])``.
@@ -127,6 +145,7 @@ def tsne_map(
     import scipy.sparse
     from sklearn.decomposition import PCA, TruncatedSVD
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     sparse_in = scipy.sparse.issparse(features_a) or scipy.sparse.issparse(features_b)
     if sparse_in:
@@ -141,11 +160,12 @@ def tsne_map(
     if n < 4:
         raise ValueError(f"tsne_map: need at least 4 points in all, got {n}")
     k = int(min(pca_components, n - 1, union.shape[1]))
-    if sparse_in:
-        k = max(1, min(k, union.shape[1] - 1))
-        reduced = TruncatedSVD(n_components=k, random_state=seed).fit_transform(union)
-    else:
-        reduced = PCA(n_components=max(k, 1), random_state=seed).fit_transform(union)
     perplexity = float(min(perplexity, max(1.0, (n - 1) / 3.0)))
-    emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(reduced)
+    with threadpool_limits(limits=n_threads):
+        if sparse_in:
+            k = max(1, min(k, union.shape[1] - 1))
+            reduced = TruncatedSVD(n_components=k, random_state=seed).fit_transform(union)
+        else:
+            reduced = PCA(n_components=max(k, 1), random_state=seed).fit_transform(union)
+        emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(reduced)
     return emb[:n_a], emb[n_a:]

@@ -143,6 +143,10 @@ def cluster_histograms(
         if scipy.sparse.issparse(eval_data) or scipy.sparse.issparse(ref_data)
         else np.vstack([eval_data, ref_data])
     )
+    if scipy.sparse.issparse(union):
+        # columns that are zero in every point do not change k-means distances: drop them
+        # (SOAP over many species is mostly such columns)
+        union = union[:, np.unique(union.indices)]
     if not (isinstance(num_clusters, (int, np.integer)) and 1 <= num_clusters <= union.shape[0]):
         raise ValueError(
             f"num_clusters must be an integer in [1, number of points = {union.shape[0]}], got {num_clusters!r}"

@@ -155,7 +155,7 @@ def restore_state(directory: str | os.PathLike, target: Any) -> Any:
             f"checkpoint {directory} could not be restored into the model's state "
             f"(corrupt files or parameters of another shape): {msg}"
         ) from None
-    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(target)):
-        if np.shape(a) != np.shape(b):
-            raise CheckpointError(f"checkpoint {directory}: parameter of shape {np.shape(a)}, model expects {np.shape(b)}")
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(abstract)):
+        if tuple(a.shape) != tuple(b.shape):
+            raise CheckpointError(f"checkpoint {directory}: parameter of shape {a.shape}, model expects {b.shape}")
     return restored

@@ -55,7 +55,7 @@ class ModelConfig:
       cutoff: neighbour cutoff, Å.
       avg_num_neighbors: message normalisation; 0 = computed from the training data.
       num_labels: size of the label vocabulary (labels 1..num_labels, 0 = null); 0 = none.
-      label_features: width of the label embedding (the paper: 64).
+        The label embedding has ``features`` dimensions (the paper: 64).
       positions: model atomic positions (position head and position process on).
       types: model atomic types (type head and absorbing type process on).
     """
@@ -69,7 +69,6 @@ class ModelConfig:
     cutoff: float = 6.0
     avg_num_neighbors: float = 0.0
     num_labels: int = 0
-    label_features: int = 64
     positions: bool = True
     types: bool = True
 
@@ -159,6 +158,8 @@ class SampleConfig:
       batch_size: structures per compiled sampling batch.
       seed: sampling seed.
       use_ema: sample with the EMA parameters.
+      denoise: finish with one Tweedie denoising step at the last grid time (removes the
+        remaining ~σ(t_eps) noise); the paper's Eq. 9 sampler has no such step.
     """
 
     sampler: str = "em"
@@ -170,6 +171,7 @@ class SampleConfig:
     batch_size: int = 64
     seed: int = 0
     use_ema: bool = True
+    denoise: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,7 +362,7 @@ def preset(name: str) -> Config:
             name="c2db",
             data=DataConfig(dataset="../shared/data/c2db/train.csv", max_atoms=20, label="layer_group"),
             model=ModelConfig(network="nequip", features=64, vector_features=32, num_layers=3, cutoff=5.0,
-                              num_labels=80, label_features=64, types=False),
+                              num_labels=80, types=False),
             process=ProcessConfig(sde="ve", schedule="linear", sigma_min=0.01, sigma_max=5.0),
             train=TrainConfig(steps=100_000, batch_size=32, learning_rate=1e-3, label_dropout=0.1),
             sample=SampleConfig(sampler="em", steps=500, guidance=1.0),

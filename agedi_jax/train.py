@@ -1,0 +1,276 @@
+"""The training loop: data → model → jitted steps, validation, metrics, checkpoints.
+
+``fit(config, run_dir)`` trains a model and writes into ``run_dir``::
+
+    config.json          the resolved config (data-derived fields filled in)
+    metrics.jsonl        one JSON object per logged step (train / val)
+    loss.png             the loss curves
+    checkpoints/latest   the most recent state (orbax, atomic)
+    checkpoints/best     the state with the lowest validation loss
+
+A run directory that already holds ``checkpoints/latest`` is resumed: batches and noise
+keys are pure functions of ``(seed, step)`` (:mod:`agedi_jax.batching`), so a run stopped
+and resumed ends with exactly the parameters of a run that never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .batching import BatchStream, fixed_batches
+from .checkpoint import (
+    CheckpointError,
+    check_compatible,
+    load_config_and_vocab,
+    restore_state,
+    save_checkpoint,
+)
+from .config import Config, config_hash, replace
+from .graph import TypeVocab, encode_structures
+from .metrics import MetricsLog, plot_losses, read_metrics
+from .model import DiffusionModel, TrainState, build_model, init_state, learning_rate, make_eval_step, make_train_step
+
+
+class PreparedData(NamedTuple):
+    """Training and validation structures, encoded, with the vocabulary and the resolved
+    config (``avg_num_neighbors`` and ``num_labels`` filled in from the data)."""
+
+    config: Config
+    vocab: TypeVocab
+    train: list
+    val: list
+    train_atoms: list
+    val_atoms: list
+
+
+class TrainResult(NamedTuple):
+    run_dir: Path
+    model: DiffusionModel
+    state: TrainState
+    metrics: list
+
+
+def resolve_data_spec(spec: str) -> str:
+    """Resolve a data spec; a missing ``../shared/data/...`` path falls back to
+    ``$AGEDI_JAX_DATA`` (the location of the shared data on this machine)."""
+    prefix = spec.split(":", 1)[0] if spec.startswith(("qcd:", "c2db:", "xyz:")) else ""
+    path = spec[len(prefix) + 1 :] if prefix else spec
+    marker = "shared/data/"
+    env = os.environ.get("AGEDI_JAX_DATA")
+    if marker in path and env and not Path(path.split(":")[0]).exists():
+        path = str(Path(env) / path.split(marker, 1)[1])
+    return f"{prefix}:{path}" if prefix else path
+
+
+def load_training_data(config: Config):
+    """The data set of a config (loaded with :func:`agedi_jax.data.load_dataset`)."""
+    from .data import load_dataset
+
+    d = config.data
+    kwargs: dict[str, Any] = {}
+    if d.subset:
+        kwargs["subset"] = d.subset
+    dataset = load_dataset(resolve_data_spec(d.dataset), **kwargs)
+    if d.elements:
+        wanted = {e.strip() for e in d.elements.split(",") if e.strip()}
+        keep = [i for i, a in enumerate(dataset.structures) if set(a.get_chemical_symbols()) <= wanted]
+        if not keep:
+            raise ValueError(f"no structure of {dataset.name!r} is made only of data.elements={d.elements!r}")
+        dataset = dataset.subset(keep)
+    return dataset
+
+
+def _labels_of(dataset, config: Config) -> list[int] | None:
+    key = config.data.label
+    if not key:
+        return None
+    if dataset.labels is not None and key in ("label", "layer_group", dataset.source.get("label_name", key)):
+        return [int(x) for x in dataset.labels]
+    out = []
+    for k, atoms in enumerate(dataset.structures):
+        if key not in atoms.info:
+            raise ValueError(f"structure {k} of {dataset.name!r} has no label {key!r} in atoms.info")
+        out.append(int(atoms.info[key]))
+    return out
+
+
+def prepare_data(config: Config, dataset=None) -> PreparedData:
+    """Load, split, encode; fill in ``model.avg_num_neighbors`` and ``model.num_labels``."""
+    from .nn import average_num_neighbors
+
+    if dataset is None:
+        dataset = load_training_data(config)
+    if len(dataset) == 0:
+        raise ValueError("the training data set is empty")
+    labels = _labels_of(dataset, config)
+    n = len(dataset)
+    rng = np.random.default_rng(config.data.split_seed)
+    order = rng.permutation(n)
+    n_val = int(round(config.data.val_fraction * n)) if n > 1 else 0
+    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    structures = dataset.structures
+    vocab = TypeVocab.from_atoms(structures)
+    cutoff = config.model.cutoff
+
+    def enc(idx):
+        return encode_structures(
+            [structures[i] for i in idx],
+            vocab,
+            cutoff,
+            labels=None if labels is None else [labels[i] for i in idx],
+            max_atoms=config.data.max_atoms,
+        )
+
+    train = enc(train_idx)
+    val = enc(val_idx) if len(val_idx) else []
+    updates: dict[str, Any] = {}
+    if not config.model.avg_num_neighbors:
+        sample = [structures[i] for i in train_idx[: min(len(train_idx), 500)]]
+        updates["avg_num_neighbors"] = round(float(average_num_neighbors(sample, cutoff)), 4)
+    if labels is not None:
+        top = int(max(labels))
+        if config.model.num_labels == 0:
+            updates["num_labels"] = top
+        elif top > config.model.num_labels:
+            raise ValueError(f"data label {top} exceeds model.num_labels={config.model.num_labels}")
+    if updates:
+        config = replace(config, model=updates)
+    return PreparedData(
+        config, vocab, train, val, [structures[i] for i in train_idx], [structures[i] for i in val_idx]
+    )
+
+
+def _mean_metrics(records: list[dict]) -> dict:
+    keys = records[0].keys()
+    return {k: float(np.mean([float(r[k]) for r in records])) for k in keys}
+
+
+def fit(
+    config: Config,
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    dataset=None,
+    stop_at: int | None = None,
+) -> TrainResult:
+    """Train (or resume) a model; see the module docstring for what is written.
+
+    Args:
+      config: the configuration (data-derived fields are filled in).
+      run_dir: output directory.
+      resume: continue from ``run_dir/checkpoints/latest`` if present (the saved config's
+        model and process sections must match).
+      progress: show a tqdm progress bar.
+      dataset: a :class:`agedi_jax.data.Dataset` to use instead of ``config.data.dataset``.
+      stop_at: stop after this step (as if interrupted; a later call resumes).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = run_dir / "checkpoints"
+    data = prepare_data(config, dataset)
+    config, vocab = data.config, data.vocab
+
+    latest = ckpt_dir / "latest"
+    resumed_from = None
+    if resume and latest.exists():
+        saved_cfg, saved_vocab, meta = load_config_and_vocab(latest)
+        check_compatible(saved_cfg, config, "checkpoint in " + str(run_dir))
+        if saved_vocab != vocab:
+            raise CheckpointError(
+                f"checkpoint in {run_dir} has type vocabulary {list(saved_vocab.symbols)}, "
+                f"the data give {list(vocab.symbols)}"
+            )
+        resumed_from = int(meta["step"])
+        best_val = float(meta.get("extra", {}).get("best_val", math.inf))
+    else:
+        best_val = math.inf
+
+    (run_dir / "config.json").write_text(config.to_json())
+    model = build_model(config, vocab)
+    tcfg = config.train
+    stream = BatchStream(data.train, tcfg.batch_size, seed=tcfg.seed)
+    val_batches = fixed_batches(data.val, tcfg.batch_size, tcfg.val_batches) if data.val else []
+    root_key = jax.random.PRNGKey(tcfg.seed)
+    init_key, step_key, val_key = jax.random.split(root_key, 3)
+
+    state = init_state(model, init_key, stream.batch(0))
+    if resumed_from is not None:
+        state = restore_state(latest, state)
+    state = jax.device_put(state)
+    train_step = make_train_step(model)
+    eval_step = make_eval_step(model)
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=resumed_from)
+
+    start = int(state.step)
+    end = tcfg.steps if stop_at is None else min(tcfg.steps, stop_at)
+    bar = None
+    if progress and end > start:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=end, initial=start, desc=f"train {config.name}", unit="step", dynamic_ncols=True)
+
+    def validate(step: int) -> float | None:
+        if not val_batches:
+            return None
+        recs = [
+            jax.device_get(eval_step(state.ema_params, b, jax.random.fold_in(val_key, i)))
+            for i, b in enumerate(val_batches)
+        ]
+        m = _mean_metrics(recs)
+        log.write({"step": step, "split": "val", **m})
+        return m["loss"]
+
+    def checkpoint(step: int, val_loss: float | None) -> None:
+        nonlocal best_val
+        extra = {"best_val": best_val, "config_hash": config_hash(config)}
+        if val_loss is not None and val_loss < best_val:
+            best_val = val_loss
+            extra["best_val"] = best_val
+            save_checkpoint(ckpt_dir / "best", state, config, vocab, step=step, extra=extra)
+        save_checkpoint(ckpt_dir / "latest", state, config, vocab, step=step, extra=extra)
+
+    pending: list = []
+    t_last = time.perf_counter()
+    for step in range(start, end):
+        batch = stream.batch(step)
+        state, metrics = train_step(state, batch, jax.random.fold_in(step_key, step))
+        pending.append(metrics)
+        done = step + 1
+        if done % tcfg.log_every == 0 or done == end:
+            recs = jax.device_get(pending)
+            pending = []
+            m = _mean_metrics(recs)
+            if not all(math.isfinite(v) for v in m.values()):
+                raise FloatingPointError(f"non-finite training metrics at step {done}: {m}")
+            now = time.perf_counter()
+            rate = len(recs) / max(now - t_last, 1e-9)
+            t_last = now
+            log.write({"step": done, "split": "train", "lr": learning_rate(config, done),
+                       "steps_per_s": rate, **m})
+            if bar is not None:
+                bar.set_postfix(loss=f"{m['loss']:.4f}")
+        val_loss = validate(done) if (done % tcfg.val_every == 0 or done == end) else None
+        if done % tcfg.checkpoint_every == 0 or done == end or val_loss is not None:
+            checkpoint(done, val_loss)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if start == end and not latest.exists():
+        checkpoint(start, validate(start))
+
+    records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    if records:
+        plot_losses(records, run_dir / "loss.png", title=f"{config.name} ({config_hash(config)})")
+    return TrainResult(run_dir, model, state, records)

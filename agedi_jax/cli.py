@@ -159,9 +159,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def enable_compile_cache() -> None:
+    """JAX's persistent compilation cache (``$AGEDI_JAX_CACHE`` or ``~/.cache/agedi_jax/xla``)
+    so that a second run of the same model does not compile again."""
+    import os
+
+    import jax
+
+    path = os.environ.get("AGEDI_JAX_CACHE") or str(Path.home() / ".cache" / "agedi_jax" / "xla")
+    if path.lower() in ("0", "off", "none"):
+        return
+    try:
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    except Exception:  # pragma: no cover - an old jax without the option
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    enable_compile_cache()
     try:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:

@@ -89,6 +89,12 @@ class ProcessConfig:
       parametrization: "eps" (the network predicts the noise ε, score = −ε̂/std) or
         "score" (the network predicts the score, loss weighted by std²).
       independent_t: draw independent times for positions and types (else the same t).
+      data_scale: s0 (Å) of the Gaussian skip added to the position output
+        (:func:`agedi_jax.model.gaussian_skip`): per-axis data variance s² = s0² N^{2/3};
+        -1 = computed from the training data, 0 = no skip.
+      type_parametrization: "mean" (the type head predicts logits of the clean type,
+        log ŝ = log a(σ̄) + log_softmax; exact form of the absorbing concrete score) or
+        "direct" (the head predicts log ŝ itself).
     """
 
     sde: str = "ve"
@@ -102,6 +108,8 @@ class ProcessConfig:
     t_eps: float = 1e-3
     parametrization: str = "eps"
     independent_t: bool = False
+    type_parametrization: str = "mean"
+    data_scale: float = -1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,6 +316,9 @@ def validate(cfg: Config) -> None:
     check(p.type_schedule in ("loglinear", "geometric"), f"process.type_schedule={p.type_schedule!r}")
     check(0 < p.t_eps < 0.5, "process.t_eps must be in (0, 0.5)")
     check(p.parametrization in ("eps", "score"), f"process.parametrization={p.parametrization!r} (eps | score)")
+    check(p.type_parametrization in ("mean", "direct"), f"process.type_parametrization={p.type_parametrization!r} (mean | direct)")
+    check(not (p.independent_t and p.type_parametrization == "mean" and m.types and m.positions),
+          "process.independent_t needs process.type_parametrization=direct (the network sees only the position time)")
     check(t.steps >= 0 and t.batch_size >= 1, "train.steps >= 0 and train.batch_size >= 1")
     check(t.learning_rate > 0, "train.learning_rate must be > 0")
     check(0 <= t.ema_decay < 1, "train.ema_decay must be in [0, 1)")

@@ -62,11 +62,64 @@ class DiffusionModel(NamedTuple):
         Labels are ignored by an unconditional model (``model.num_labels == 0``)."""
         if self.config.model.num_labels == 0:
             label = None
-        return self.network.apply(params, batch, t, label, **kwargs)
+        out = self.network.apply(params, batch, t, label, **kwargs)
+        if out.positions is not None and self.config.process.data_scale > 0:
+            out = out._replace(positions=out.positions + gaussian_skip(self, batch, t))
+        if out.types is not None and self.config.process.type_parametrization == "mean":
+            out = out._replace(types=mean_log_score(self.process, batch, t, out.types))
+        return out
 
     def score_fn(self, params: Any) -> Callable[..., Scores]:
         """Sampler score function (position score in Å⁻¹, type log-scores)."""
         return losses.make_score_fn(self.apply, params, self.sde, self.config.process.parametrization)
+
+
+def gaussian_skip(model: "DiffusionModel", batch: AtomsBatch, t: Array) -> Array:
+    """The exact position output for Gaussian data, added to the network's output so that
+    the network only learns the residual (a skip connection in the spirit of EDM's
+    preconditioning).
+
+    Along the zero-centre-of-mass axes (:func:`agedi_jax.graph.com_axes`: every axis of a
+    cluster, z of a 2D material) data of per-axis variance ``s²`` noised to
+    ``x_t = m x_0 + std ε`` has the score ``−(x − c)/(m² s² + std²)``, i.e.
+    ``ε̂ = std (x − c)/(m² s² + std²)`` (``c`` the centre of mass). ``s² = data_scale² ·
+    N^{2/3}`` grows with the number of atoms N like a cluster's radius of gyration.
+    At high noise, where atoms are farther apart than the cutoff and a local network cannot
+    see the centre of the structure, this term carries the correct pull towards it.
+    Shapes: batch [n], t [g] or scalar -> [n, 3]; zero on periodic axes and padding."""
+    from .graph import com_axes, remove_com
+
+    x = jnp.asarray(batch.positions)
+    dtype = x.dtype
+    t = jnp.broadcast_to(jnp.asarray(t, dtype), (batch.num_graphs,))
+    gi = jnp.asarray(batch.graph_index)
+    axes = com_axes(batch)  # [g, 3]
+    rel = jnp.where(axes[gi], remove_com(batch, x), 0.0)
+    n = jnp.maximum(jnp.asarray(batch.n_node, dtype), 1.0)
+    s2 = (model.config.process.data_scale**2) * n ** (2.0 / 3.0)  # [g]
+    sde = model.sde
+    std = sde.std(t)
+    m = sde.mean_coeff(t)
+    denom = (m * m * s2 + std * std)[gi][:, None]
+    if model.config.process.parametrization == "eps":
+        return std[gi][:, None] * rel / denom
+    return -rel / denom
+
+
+def mean_log_score(process, batch: AtomsBatch, t: Array, logits: Array) -> Array:
+    """Type log-scores in the *mean* parametrisation: ``log ŝ_y = log a(σ̄(t)) +
+    log_softmax(logits)_y`` with ``a = 1/(e^{σ̄} − 1)``.
+
+    For the absorbing process the true concrete score of a masked atom is exactly
+    ``a · p(z_0 = y | x_t)`` (DESIGN.md §2; the identity behind Eq. 14's constant term), so the
+    network only predicts the clean-type posterior and the score entropy becomes a
+    weighted cross-entropy ``σ a (−log p(z_0))``; this keeps the outputs O(1) at every
+    noise level (SEDD scales its absorbing scores the same way). Shapes: t [g] or scalar,
+    logits [n, K] -> [n, K]."""
+    t = jnp.broadcast_to(jnp.asarray(t, logits.dtype), (batch.num_graphs,))
+    sigma_bar = process.total(t)[jnp.asarray(batch.graph_index)]
+    log_a = discrete.masked_log_ratio(sigma_bar)
+    return log_a[:, None] + jax.nn.log_softmax(logits, axis=-1)
 
 
 def make_sde(config: Config):

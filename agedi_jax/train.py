@@ -137,6 +137,9 @@ def prepare_data(config: Config, dataset=None) -> PreparedData:
     if not config.model.avg_num_neighbors:
         sample = [structures[i] for i in train_idx[: min(len(train_idx), 500)]]
         updates["avg_num_neighbors"] = round(float(average_num_neighbors(sample, cutoff)), 4)
+    if config.process.data_scale < 0:
+        updates_p = {"data_scale": round(data_scale([structures[i] for i in train_idx]), 4)}
+        config = replace(config, process=updates_p)
     if labels is not None:
         top = int(max(labels))
         if config.model.num_labels == 0:
@@ -148,6 +151,21 @@ def prepare_data(config: Config, dataset=None) -> PreparedData:
     return PreparedData(
         config, vocab, train, val, [structures[i] for i in train_idx], [structures[i] for i in val_idx]
     )
+
+
+def data_scale(structures) -> float:
+    """s0 (Å) with per-axis positional variance ≈ s0² N^{2/3} along the non-periodic axes of
+    the data (a cluster's radius of gyration grows like N^{1/3}); see
+    :func:`agedi_jax.model.gaussian_skip`. 0 if no structure has a non-periodic axis."""
+    vals = []
+    for a in structures:
+        free = ~np.asarray(a.pbc, bool)
+        if not free.any() or len(a) < 2:
+            continue
+        x = a.positions[:, free]
+        var = ((x - x.mean(0)) ** 2).mean()
+        vals.append(var / len(a) ** (2.0 / 3.0))
+    return float(np.sqrt(np.mean(vals))) if vals else 0.0
 
 
 def _mean_metrics(records: list[dict]) -> dict:

@@ -1,0 +1,303 @@
+"""Training losses: denoising score matching for positions (Eqs. 4, 7), score entropy for
+types (Eq. 14) and their weighted sum (Eq. 18).
+
+**Parametrisation of the position head.** The network's raw position output ``o`` [n, 3]
+is read in one of two ways (``LossConfig.parametrization``):
+
+* ``"eps"`` (default): ``o = ε̂`` is dimensionless, a prediction of the noise; the score
+  is ``s_θ = −ε̂ / std`` (Å⁻¹), with ``std`` the kernel standard deviation of the atom's
+  graph at time t (Eq. 7).
+* ``"score"``: ``o = s_θ`` is the score itself (Å⁻¹); then ``ε̂ = −std · s_θ``.
+
+Both give the same loss for the same score: with the weighting ``λ(t) = std²`` (default
+``weighting="std2"``) Eq. 4 becomes ``||std · s_θ + ε||² = ||ε̂ − ε||²``. Other weightings
+multiply this by ``λ(t) / std²``: ``"g2"`` (Song et al.'s likelihood weighting,
+``λ = g²``) or ``"none"`` (``λ = 1``, unweighted score error). Losses are averaged over the
+real, non-fixed atoms of the batch (sum over those atoms divided by their count — never
+by padded sizes); fixed atoms and padding contribute nothing.
+
+On periodic axes the target ``ε`` is ``−std ×`` the wrapped-normal score
+(:func:`agedi_jax.sde.noise_positions`); elsewhere it is the drawn Gaussian noise,
+projected onto the zero-centre-of-mass subspace.
+
+**The network** is ``apply_fn(params, noisy_batch, t[g], label[g]) -> Scores(positions=[n,3]
+raw output | None, types=[n,K] log concrete scores | None)``; a head not in use may be None.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from agedi_jax import discrete
+from agedi_jax.graph import AtomsBatch
+from agedi_jax.scores import Scores
+from agedi_jax.sde import SDE, VESDE, VPSDE, atom_keys, free_atoms, graph_uniform, noise_positions
+
+Array = jax.Array
+ApplyFn = Callable[..., Scores]
+
+__all__ = [
+    "LossConfig",
+    "eps_to_score",
+    "score_to_eps",
+    "output_to_eps",
+    "output_to_score",
+    "dsm_loss",
+    "score_entropy_loss",
+    "joint_loss",
+    "make_score_fn",
+]
+
+_PARAMS = ("eps", "score")
+_WEIGHTINGS = ("std2", "g2", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Configuration of :func:`joint_loss` (hashable: pass it as a static argument).
+
+    Attributes:
+      sde: position SDE (:class:`~agedi_jax.sde.VESDE` / :class:`~agedi_jax.sde.VPSDE`),
+        or None for a types-only model.
+      process: :class:`~agedi_jax.discrete.AbsorbingProcess`, or None for positions only.
+      lambda_positions, lambda_types: weights λ_R, λ_z of Eq. 18.
+      t_eps: times are drawn ``t ~ U(t_eps, 1)`` per graph.
+      independent_t: draw the type time independently of the position time (the network
+        is then given the position time; the absorbing type head can read its noise level
+        from the fraction of MASK atoms).
+      parametrization: "eps" or "score" (module docstring).
+      weighting: "std2" (λ = std², the default), "g2" (λ = g²) or "none" (λ = 1).
+      p_uncond: probability of replacing a graph's label by the null label 0
+        (classifier-free guidance training, Eq. 19).
+    """
+
+    sde: Optional[SDE] = VESDE()
+    process: Optional[discrete.AbsorbingProcess] = None
+    lambda_positions: float = 1.0
+    lambda_types: float = 1.0
+    t_eps: float = 1e-3
+    independent_t: bool = False
+    parametrization: str = "eps"
+    weighting: str = "std2"
+    p_uncond: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.sde is None and self.process is None:
+            raise ValueError("LossConfig: nothing to train: both sde and process are None")
+        if self.sde is not None:
+            if not isinstance(self.sde, (VESDE, VPSDE)):
+                raise TypeError(f"LossConfig.sde must be a VESDE or VPSDE, got {type(self.sde).__name__}")
+            self.sde.validate()
+        if self.process is not None and not isinstance(self.process, discrete.AbsorbingProcess):
+            raise TypeError(f"LossConfig.process must be an AbsorbingProcess, got {type(self.process).__name__}")
+        if self.parametrization not in _PARAMS:
+            raise ValueError(f"LossConfig.parametrization={self.parametrization!r}; choose one of {_PARAMS}")
+        if self.weighting not in _WEIGHTINGS:
+            raise ValueError(f"LossConfig.weighting={self.weighting!r}; choose one of {_WEIGHTINGS}")
+        if not 0.0 < self.t_eps < 1.0:
+            raise ValueError(f"LossConfig.t_eps must lie in (0, 1), got {self.t_eps}")
+        if not 0.0 <= self.p_uncond <= 1.0:
+            raise ValueError(f"LossConfig.p_uncond must lie in [0, 1], got {self.p_uncond}")
+        if self.lambda_positions < 0 or self.lambda_types < 0:
+            raise ValueError("LossConfig: lambda_positions and lambda_types must be >= 0")
+
+
+# --------------------------------------------------------------------------------------
+# Parametrisation
+# --------------------------------------------------------------------------------------
+
+
+def _std_col(std, like) -> Array:
+    std = jnp.asarray(std, jnp.asarray(like).dtype)
+    return std[..., None] if std.ndim == jnp.ndim(like) - 1 else std
+
+
+def eps_to_score(eps, std) -> Array:
+    """Score ``s = −ε / std`` (Å⁻¹) from a noise prediction ``ε`` [n, 3] and ``std`` [n]
+    (Eq. 7); 0 where ``std`` is 0."""
+    eps = jnp.asarray(eps)
+    sd = _std_col(std, eps)
+    return jnp.where(sd > 0, -eps / jnp.where(sd > 0, sd, 1.0), 0.0)
+
+
+def score_to_eps(score, std) -> Array:
+    """Noise ``ε = −std · s`` from a score ``s`` [n, 3] (Å⁻¹) and ``std`` [n] (Å)."""
+    score = jnp.asarray(score)
+    return -_std_col(std, score) * score
+
+
+def output_to_eps(raw, std, parametrization: str = "eps") -> Array:
+    """The network's raw position output ``[n, 3]`` as a noise prediction ε̂."""
+    if parametrization == "eps":
+        return jnp.asarray(raw)
+    if parametrization == "score":
+        return score_to_eps(raw, std)
+    raise ValueError(f"parametrization={parametrization!r}; choose one of {_PARAMS}")
+
+
+def output_to_score(raw, std, parametrization: str = "eps") -> Array:
+    """The network's raw position output ``[n, 3]`` as a score (Å⁻¹)."""
+    if parametrization == "eps":
+        return eps_to_score(raw, std)
+    if parametrization == "score":
+        return jnp.asarray(raw)
+    raise ValueError(f"parametrization={parametrization!r}; choose one of {_PARAMS}")
+
+
+# --------------------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------------------
+
+
+def _masked_mean(values: Array, mask: Array) -> Array:
+    mask = jnp.asarray(mask, bool)
+    total = jnp.sum(jnp.where(mask, values, 0.0))
+    return total / jnp.maximum(jnp.sum(mask), 1).astype(total.dtype)
+
+
+def dsm_loss(eps_pred, eps, mask, weight=None) -> Array:
+    """Denoising score matching (Eqs. 4, 7) in the ε form.
+
+    ``mean over mask of  w · ||ε̂ − ε||²``, i.e. ``||std · s_θ + ε||²`` for ``w = 1``
+    (λ = std²).
+
+    Args:
+      eps_pred: ``[n, 3]`` predicted noise ε̂ (dimensionless).
+      eps: ``[n, 3]`` target noise (:func:`agedi_jax.sde.noise_positions`).
+      mask: ``[n]`` bool atoms that count (real, non-fixed).
+      weight: optional ``[n]`` per-atom factor ``λ(t) / std²``.
+    Returns:
+      scalar loss (sum over the masked atoms / their count).
+    """
+    eps_pred, eps = jnp.asarray(eps_pred), jnp.asarray(eps)
+    chex.assert_equal_shape([eps_pred, eps])
+    chex.assert_shape(mask, (eps.shape[0],))
+    per_atom = jnp.sum((eps_pred - eps) ** 2, axis=-1)
+    if weight is not None:
+        per_atom = per_atom * weight
+    return _masked_mean(per_atom, mask)
+
+
+def score_entropy_loss(log_score, z0, zt, sigma_bar, rate, mask) -> Array:
+    """Score entropy (Eq. 14, :func:`agedi_jax.discrete.score_entropy`) averaged over the
+    masked atoms (real, non-fixed: sum / their count). Shapes ``[n, K], [n], [n], [n],
+    [n], [n]`` → scalar."""
+    per_atom = discrete.score_entropy(log_score, z0, zt, sigma_bar, rate)
+    chex.assert_shape(mask, per_atom.shape)
+    return _masked_mean(per_atom, mask)
+
+
+def _weight(config: LossConfig, t_atom: Array, std: Array) -> Array | None:
+    if config.weighting == "std2":
+        return None
+    s2 = jnp.maximum(std**2, jnp.finfo(std.dtype).tiny)
+    if config.weighting == "g2":
+        return config.sde.g2(t_atom) / s2
+    return 1.0 / s2
+
+
+def joint_loss(
+    params: Any,
+    apply_fn: ApplyFn,
+    batch: AtomsBatch,
+    key: Array,
+    config: LossConfig,
+    *,
+    t: Array | None = None,
+) -> tuple[Array, dict]:
+    """The joint loss ``L = λ_R L_R + λ_z L_z`` (Eq. 18) on one batch.
+
+    Per graph: ``t ~ U(t_eps, 1)`` (one time for both processes, or an independent type
+    time), the label replaced by 0 with probability ``p_uncond``; positions noised with
+    :func:`agedi_jax.sde.noise_positions`, types corrupted with
+    :meth:`~agedi_jax.discrete.AbsorbingProcess.corrupt` (fixed atoms untouched); one
+    network call on the noisy batch. All draws are keyed per graph slot / per atom, so a
+    batch with extra padding gives the same loss.
+
+    Args:
+      params: network parameters.
+      apply_fn: ``(params, noisy_batch, t[g], label[g]) -> Scores``.
+      batch: clean batch.
+      key: PRNG key.
+      config: :class:`LossConfig` (static).
+      t: optional ``[g]`` times to use instead of drawing them (evaluation at fixed t).
+    Returns:
+      ``(loss, metrics)``: scalar loss and a dict of scalars ``loss``, ``loss_positions``,
+      ``loss_types``.
+    """
+    positions = jnp.asarray(batch.positions)
+    chex.assert_shape(positions, (batch.num_nodes, 3))
+    dtype = positions.dtype
+    gi = batch.graph_index
+    k_t, k_tz, k_drop, k_pos, k_types = (jax.random.fold_in(key, i) for i in range(5))
+    if t is None:
+        t = graph_uniform(k_t, batch, config.t_eps, 1.0, dtype)
+    else:
+        t = jnp.broadcast_to(jnp.asarray(t, dtype), (batch.num_graphs,))
+    t_types = graph_uniform(k_tz, batch, config.t_eps, 1.0, dtype) if config.independent_t else t
+
+    label = jnp.asarray(batch.label)
+    if config.p_uncond > 0:
+        drop = graph_uniform(k_drop, batch, dtype=dtype) < config.p_uncond
+        label = jnp.where(drop, jnp.zeros_like(label), label)
+    noisy = batch._replace(label=label)
+    counted = free_atoms(batch)
+
+    if config.sde is not None:
+        noisy, eps, std = noise_positions(k_pos, config.sde, noisy, t)
+    if config.process is not None:
+        z0 = jnp.asarray(batch.types)
+        t_atom_z = t_types[gi]
+        fixed = jnp.asarray(batch.fixed, bool) | ~jnp.asarray(batch.node_mask, bool)
+
+        def corrupt_one(k, z, tt, f):
+            return config.process.corrupt(k, z[None], tt[None], f[None])[0]
+
+        zt = jax.vmap(corrupt_one)(atom_keys(k_types, batch), z0, t_atom_z, fixed)
+        noisy = noisy._replace(types=zt)
+
+    out = apply_fn(params, noisy, t, label)
+    zero = jnp.zeros((), dtype)
+    loss_r, loss_z = zero, zero
+    if config.sde is not None:
+        if out.positions is None:
+            raise ValueError("joint_loss: the network returned no position output but the config has an SDE")
+        eps_pred = output_to_eps(out.positions, std, config.parametrization)
+        loss_r = dsm_loss(eps_pred, eps, counted, _weight(config, t[gi], std))
+    if config.process is not None:
+        if out.types is None:
+            raise ValueError("joint_loss: the network returned no type scores but the config has a type process")
+        t_atom_z = t_types[gi]
+        loss_z = score_entropy_loss(
+            out.types, z0, zt, config.process.total(t_atom_z), config.process.rate(t_atom_z), counted
+        )
+    loss = config.lambda_positions * loss_r + config.lambda_types * loss_z
+    return loss, {"loss": loss, "loss_positions": loss_r, "loss_types": loss_z}
+
+
+def make_score_fn(apply_fn: ApplyFn, params: Any, sde: SDE | None, parametrization: str = "eps"):
+    """A sampler score function (:data:`agedi_jax.samplers.ScoreFn`) from a network.
+
+    Returns ``score_fn(state, t[g], key, type_weights=None) -> Scores`` with the position
+    output converted to a score in Å⁻¹ (:func:`output_to_score`, ``std`` from ``sde`` at
+    each graph's time) and the type log-scores passed through. ``type_weights`` is
+    forwarded to ``apply_fn`` as a keyword when given (type interpolation)."""
+    if parametrization not in _PARAMS:
+        raise ValueError(f"parametrization={parametrization!r}; choose one of {_PARAMS}")
+
+    def score_fn(state: AtomsBatch, t, key, type_weights=None) -> Scores:
+        del key
+        kwargs = {} if type_weights is None else {"type_weights": type_weights}
+        out = apply_fn(params, state, t, state.label, **kwargs)
+        pos = out.positions
+        if pos is not None and sde is not None:
+            std = sde.std(jnp.asarray(t)[state.graph_index])
+            pos = output_to_score(pos, std, parametrization)
+        return Scores(positions=pos, types=out.types)
+
+    return score_fn

@@ -303,6 +303,12 @@ def test_soap_features_equal_dscribe_and_are_invariant():
     np.testing.assert_allclose(soap_features([moved], species=species)[0], ours[3], rtol=1e-6, atol=1e-8)
     with pytest.raises(ValueError, match="not in species"):
         soap_features(structures, species=["Cu"])
+    # geometry-only features: same geometry, other element -> same vector
+    gold = clusters[1].copy()
+    gold.symbols[:] = "Au"
+    agn = soap_features([clusters[1], gold], element_agnostic=True)
+    np.testing.assert_allclose(agn[0], agn[1], atol=1e-12)
+    assert not np.allclose(soap_features([clusters[1], gold])[0], soap_features([clusters[1], gold])[1])
 
 
 def test_soap_periodic_2d_matches_dscribe():

@@ -24,6 +24,9 @@ up to 36 radial pairs × 5 l values; most are zero for mono-element structures, 
 ``sparse`` option."""
 
 
+_PLACEHOLDER = "H"
+
+
 def species_of(*structure_sets: Sequence[Any]) -> list[str]:
     """Sorted (by atomic number) union of the chemical symbols in one or more structure lists."""
     from ase.data import atomic_numbers
@@ -45,6 +48,7 @@ def soap_features(
     periodic: bool | None = None,
     sparse: bool = False,
     n_jobs: int = 1,
+    element_agnostic: bool = False,
 ):
     """Atom-averaged SOAP vector of each structure.
 
@@ -64,6 +68,13 @@ def soap_features(
       sparse: return a ``scipy.sparse.csr_matrix`` instead of a dense array (use it for many
         species: the dense width grows as species²).
       n_jobs: parallel processes in dscribe.
+      element_agnostic: describe geometry only — every atom is given one placeholder
+        species before SOAP (``species`` is then ignored; the placeholder's identity does
+        not matter, SOAP uses no element properties). With many elements and the paper's 20
+        k-means clusters, species-resolved SOAP mostly separates elements and PRD curves
+        barely react to position noise (all 3,705 QCD clusters, 54 elements: AUC 1.000 for
+        the 100 % baseline at σ = 0.3 Å); element-agnostic features restore the sensitivity
+        (AUC 0.91 with 20 clusters, 0.47 with 100, at σ = 0.3 Å).
 
     Returns:
       ``[n_structures, D]`` float64 array (or CSR matrix), D = dscribe's feature count for
@@ -78,6 +89,13 @@ def soap_features(
     for k, atoms in enumerate(structures):
         if len(atoms) == 0:
             raise ValueError(f"soap_features: structure {k} has no atoms")
+    if element_agnostic:
+        relabelled = []
+        for atoms in structures:
+            a = atoms.copy()
+            a.set_chemical_symbols([_PLACEHOLDER] * len(a))
+            relabelled.append(a)
+        structures, species = relabelled, [_PLACEHOLDER]
     if species is None:
         species = species_of(structures)
     else:

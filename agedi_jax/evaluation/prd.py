@@ -108,6 +108,41 @@ def _as_matrix(name: str, data: Any):
     return data
 
 
+def _stack(eval_data: Any, ref_data: Any):
+    """Validated union ``[n_eval + n_ref, D]`` (dense, or CSR without all-zero columns)."""
+    import scipy.sparse
+
+    eval_data = _as_matrix("eval_data", eval_data)
+    ref_data = _as_matrix("ref_data", ref_data)
+    if eval_data.shape[1] != ref_data.shape[1]:
+        raise ValueError(
+            f"eval_data and ref_data must have the same number of features, got "
+            f"{eval_data.shape[1]} and {ref_data.shape[1]}"
+        )
+    if not (scipy.sparse.issparse(eval_data) or scipy.sparse.issparse(ref_data)):
+        return np.vstack([eval_data, ref_data]), eval_data.shape[0]
+    union = scipy.sparse.vstack([scipy.sparse.csr_matrix(eval_data), scipy.sparse.csr_matrix(ref_data)]).tocsr()
+    # columns that are zero in every point do not change k-means distances: drop them
+    # (SOAP over many species is mostly such columns)
+    return union[:, np.unique(union.indices)], eval_data.shape[0]
+
+
+def _kmeans_histograms(union: Any, n_eval: int, num_clusters: int, seed: int, n_threads: int | None):
+    from sklearn.cluster import MiniBatchKMeans
+    from threadpoolctl import threadpool_limits
+
+    if not (isinstance(num_clusters, (int, np.integer)) and 1 <= num_clusters <= union.shape[0]):
+        raise ValueError(
+            f"num_clusters must be an integer in [1, number of points = {union.shape[0]}], got {num_clusters!r}"
+        )
+    kmeans = MiniBatchKMeans(n_clusters=int(num_clusters), n_init=10, random_state=int(seed))
+    with threadpool_limits(limits=n_threads):
+        labels = kmeans.fit(union).labels_
+    eval_hist = np.bincount(labels[:n_eval], minlength=num_clusters) / n_eval
+    ref_hist = np.bincount(labels[n_eval:], minlength=num_clusters) / (union.shape[0] - n_eval)
+    return eval_hist.astype(np.float64), ref_hist.astype(np.float64)
+
+
 def cluster_histograms(
     eval_data: Any,
     ref_data: Any,
@@ -126,37 +161,8 @@ def cluster_histograms(
     Returns:
       ``(eval_hist, ref_hist)``, each ``[num_clusters]`` summing to 1.
     """
-    import scipy.sparse
-    from sklearn.cluster import MiniBatchKMeans
-    from threadpoolctl import threadpool_limits
-
-    eval_data = _as_matrix("eval_data", eval_data)
-    ref_data = _as_matrix("ref_data", ref_data)
-    if eval_data.shape[1] != ref_data.shape[1]:
-        raise ValueError(
-            f"eval_data and ref_data must have the same number of features, got "
-            f"{eval_data.shape[1]} and {ref_data.shape[1]}"
-        )
-    n_eval = eval_data.shape[0]
-    union = (
-        scipy.sparse.vstack([eval_data, ref_data]).tocsr()
-        if scipy.sparse.issparse(eval_data) or scipy.sparse.issparse(ref_data)
-        else np.vstack([eval_data, ref_data])
-    )
-    if scipy.sparse.issparse(union):
-        # columns that are zero in every point do not change k-means distances: drop them
-        # (SOAP over many species is mostly such columns)
-        union = union[:, np.unique(union.indices)]
-    if not (isinstance(num_clusters, (int, np.integer)) and 1 <= num_clusters <= union.shape[0]):
-        raise ValueError(
-            f"num_clusters must be an integer in [1, number of points = {union.shape[0]}], got {num_clusters!r}"
-        )
-    kmeans = MiniBatchKMeans(n_clusters=int(num_clusters), n_init=10, random_state=int(seed))
-    with threadpool_limits(limits=n_threads):
-        labels = kmeans.fit(union).labels_
-    eval_hist = np.bincount(labels[:n_eval], minlength=num_clusters) / n_eval
-    ref_hist = np.bincount(labels[n_eval:], minlength=num_clusters) / (union.shape[0] - n_eval)
-    return eval_hist.astype(np.float64), ref_hist.astype(np.float64)
+    union, n_eval = _stack(eval_data, ref_data)
+    return _kmeans_histograms(union, n_eval, num_clusters, seed, n_threads)
 
 
 def compute_prd_from_embedding(
@@ -180,9 +186,9 @@ def compute_prd_from_embedding(
       ref_data: ``[n_ref, D]`` features of the reference set (training data).
       num_clusters, num_angles, num_runs: the published defaults are 20, 1001, 10.
       enforce_balance: if True (the original's default), require ``n_eval == n_ref`` and
-        raise ValueError otherwise. Histograms are normalised, so unequal sizes are
-        allowed with ``enforce_balance=False`` (e.g. a 50 % subsample baseline), but the
-        smaller set then dominates the k-means statistics less.
+        raise ValueError otherwise. Histograms are normalised, so unequal sizes are allowed
+        with ``enforce_balance=False`` (e.g. a 50 % subsample baseline); the larger set then
+        weighs more in placing the cluster centres.
       seed: base seed of the k-means runs (deterministic).
       n_threads: thread cap of the k-means (see :func:`cluster_histograms`).
 
@@ -192,18 +198,16 @@ def compute_prd_from_embedding(
     if not (isinstance(num_runs, (int, np.integer)) and num_runs >= 1):
         raise ValueError(f"num_runs must be a positive integer, got {num_runs!r}")
     _check_prd_arguments(num_angles, 1e-10)
-    eval_data = _as_matrix("eval_data", eval_data)
-    ref_data = _as_matrix("ref_data", ref_data)
-    if enforce_balance and eval_data.shape[0] != ref_data.shape[0]:
+    union, n_eval = _stack(eval_data, ref_data)
+    n_ref = union.shape[0] - n_eval
+    if enforce_balance and n_eval != n_ref:
         raise ValueError(
-            f"enforce_balance=True needs equally many eval and ref points, got {eval_data.shape[0]} "
-            f"and {ref_data.shape[0]}; subsample one set or pass enforce_balance=False"
+            f"enforce_balance=True needs equally many eval and ref points, got {n_eval} "
+            f"and {n_ref}; subsample one set or pass enforce_balance=False"
         )
     precisions, recalls = [], []
     for run in range(int(num_runs)):
-        eval_hist, ref_hist = cluster_histograms(
-            eval_data, ref_data, num_clusters, seed=seed + run, n_threads=n_threads
-        )
+        eval_hist, ref_hist = _kmeans_histograms(union, n_eval, num_clusters, seed + run, n_threads)
         p, r = compute_prd(eval_hist, ref_hist, num_angles=num_angles)
         precisions.append(p)
         recalls.append(r)

@@ -102,6 +102,7 @@ def evaluate(
     soap_sigma: float = SOAP_DEFAULTS["sigma"],
     periodic: bool | None = None,
     n_jobs: int = 1,
+    element_agnostic: bool = False,
     target_labels: Any = None,
     label_key: str | None = "label",
     symprec: float = 0.1,
@@ -124,8 +125,9 @@ def evaluate(
       num_clusters, num_runs, num_angles: PRD settings (Sajjadi et al. defaults).
       sigmas, fractions: the baseline family (Å, shares of the reference).
       seed: seed of baselines, k-means and t-SNE.
-      r_cut, n_max, l_max, soap_sigma, periodic, n_jobs: SOAP settings (see
-        :func:`~agedi_jax.evaluation.descriptors.soap_features`).
+      r_cut, n_max, l_max, soap_sigma, periodic, n_jobs, element_agnostic: SOAP settings
+        (see :func:`~agedi_jax.evaluation.descriptors.soap_features`; element-agnostic
+        features react far more to geometry when the data hold many elements).
       target_labels: ``[n_samples]`` layer groups the samples were conditioned on; if None,
         read from ``atoms.info[label_key]`` when every sample has it (values 1–80).
       symprec: spglib tolerance (Å) for layer groups.
@@ -149,11 +151,12 @@ def evaluate(
     if periodic is None:
         periodic = any(bool(np.any(a.pbc)) for a in reference)
     soap_kw = dict(species=species, r_cut=r_cut, n_max=n_max, l_max=l_max, sigma=soap_sigma,
-                   periodic=periodic, sparse=True, n_jobs=n_jobs)
+                   periodic=periodic, sparse=True, n_jobs=n_jobs, element_agnostic=element_agnostic)
     cfg = dict(
         num_clusters=num_clusters, num_runs=num_runs, num_angles=num_angles, sigmas=list(sigmas),
         fractions=list(fractions), seed=seed, r_cut=r_cut, n_max=n_max, l_max=l_max,
-        soap_sigma=soap_sigma, periodic=bool(periodic), species=species, symprec=symprec,
+        soap_sigma=soap_sigma, periodic=bool(periodic), species=species,
+        element_agnostic=bool(element_agnostic), symprec=symprec,
         label_key=label_key, enforce_balance=False, sample_name=sample_name,
     )
     cfg.update(dict(config or {}))
@@ -310,6 +313,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     d.add_argument("--soap-sigma", type=float, default=SOAP_DEFAULTS["sigma"], help="Å")
     d.add_argument("--periodic", choices=["auto", "yes", "no"], default="auto")
     d.add_argument("--n-jobs", type=int, default=1)
+    d.add_argument("--element-agnostic", action="store_true",
+                   help="SOAP of the geometry only (all atoms one species): far more sensitive to "
+                        "positions when the data hold many elements; pair with more --num-clusters")
     s = parser.add_argument_group("symmetry")
     s.add_argument("--label-key", default="label",
                    help="info key holding each sample's target layer group (default: %(default)s)")
@@ -336,7 +342,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             num_clusters=args.num_clusters, num_runs=args.num_runs, num_angles=args.num_angles,
             sigmas=args.sigmas, fractions=args.fractions, seed=args.seed,
             r_cut=args.r_cut, n_max=args.n_max, l_max=args.l_max, soap_sigma=args.soap_sigma,
-            periodic=periodic, n_jobs=args.n_jobs, label_key=args.label_key, symprec=args.symprec,
+            periodic=periodic, n_jobs=args.n_jobs, element_agnostic=args.element_agnostic,
+            label_key=args.label_key, symprec=args.symprec,
             plots=not args.no_plots, tsne=not args.no_tsne, config={"command_line": config},
             verbose=not args.quiet,
         )

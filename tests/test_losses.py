@@ -155,7 +155,7 @@ def toy_apply(params, batch, t, label, fixed_output=0.0):
     lab = label[batch.graph_index][:, None].astype(tt.dtype)
     pos = params["a"] * jnp.sin(batch.positions) + params["b"] * tt + 0.1 * lab
     pos = jnp.where(batch.fixed[:, None], fixed_output, pos)
-    types = jax.nn.one_hot(batch.types, K + 1) @ params["W"] + jnp.log(tt) * params["v"]
+    types = jax.nn.one_hot(batch.types, K + 1) @ params["W"] + (tt + jnp.log(tt)) * params["v"]
     types = jnp.where(batch.fixed[:, None], fixed_output, types)
     return Scores(positions=remove_com(batch, pos), types=types)
 

@@ -167,8 +167,8 @@ def enable_compile_cache() -> None:
     import jax
 
     path = os.environ.get("AGEDI_JAX_CACHE") or str(Path.home() / ".cache" / "agedi_jax" / "xla")
-    if path.lower() in ("0", "off", "none"):
-        return
+    if path.lower() in ("0", "off", "none") or jax.config.jax_compilation_cache_dir:
+        return  # switched off, or already configured (e.g. by the test suite)
     try:
         jax.config.update("jax_compilation_cache_dir", path)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

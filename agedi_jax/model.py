@@ -249,19 +249,41 @@ def init_state(model: DiffusionModel, key: Array, example: AtomsBatch) -> TrainS
     batch = jax.tree.map(jnp.asarray, example)
     t = jnp.full((batch.num_graphs,), 0.5, batch.positions.dtype)
     label = jnp.asarray(batch.label) if model.config.model.num_labels else None
-    params = jax.jit(model.network.init)(key, batch, t, label)
+    params = _cached("init", model, lambda: jax.jit(model.network.init))(key, batch, t, label)
     opt_state = make_optimizer(model.config).init(params)
     ema = jax.tree.map(jnp.array, params)  # a copy: params and EMA are donated separately
     return TrainState(jnp.zeros((), jnp.int32), params, opt_state, ema)
 
 
+_COMPILED: dict = {}
+
+
+def compute_key(model: DiffusionModel) -> tuple:
+    """What compiled code of a model depends on (not the data or sampling sections)."""
+    c = model.config
+    return (model.network, model.sde, model.process, model.loss_config, model.vocab, c.model, c.process, c.train)
+
+
+def _cached(kind: str, model: DiffusionModel, build):
+    """One jitted function per (kind, model): equal models share compiled code."""
+    key = (kind, compute_key(model))
+    if key not in _COMPILED:
+        if len(_COMPILED) > 32:
+            _COMPILED.clear()
+        _COMPILED[key] = build()
+    return _COMPILED[key]
+
+
 def make_train_step(model: DiffusionModel, jit: bool = True):
     """``train_step(state, batch, key) -> (state, metrics)``: one optimiser step on the joint
-    loss (Eq. 18), with EMA update. Pure; jitted (state donated) unless ``jit=False``.
+    loss (Eq. 18), with EMA update. Pure; jitted (state donated) unless ``jit=False``; the
+    jitted function is shared by equal models (no recompilation across runs of one process).
 
     The key is the step's key: the training loop passes ``fold_in(seed_key, step)`` so that
     a resumed run draws the same noise as an uninterrupted one.
     """
+    if jit:
+        return _cached("train", model, lambda: jax.jit(make_train_step(model, jit=False), donate_argnums=0))
     optimizer = make_optimizer(model.config)
     decay = model.config.train.ema_decay
     loss_config = model.loss_config
@@ -282,15 +304,17 @@ def make_train_step(model: DiffusionModel, jit: bool = True):
         metrics = dict(metrics, grad_norm=optax.global_norm(grads))
         return TrainState(step, params, opt_state, ema), metrics
 
-    return jax.jit(train_step, donate_argnums=0) if jit else train_step
+    return train_step
 
 
 def make_eval_step(model: DiffusionModel, jit: bool = True):
     """``eval_step(params, batch, key) -> metrics``: the joint loss without gradients."""
+    if jit:
+        return _cached("eval", model, lambda: jax.jit(make_eval_step(model, jit=False)))
     loss_config = model.loss_config
 
     def eval_step(params, batch: AtomsBatch, key: Array):
         _, metrics = losses.joint_loss(params, model.apply, batch, key, loss_config)
         return metrics
 
-    return jax.jit(eval_step) if jit else eval_step
+    return eval_step

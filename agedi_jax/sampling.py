@@ -177,34 +177,37 @@ _SAMPLERS: dict = {}
 def make_sampler(
     model: DiffusionModel,
     *,
-    guidance: float | None = None,
+    guided: bool = False,
     interpolate: tuple[int, int] | None = None,
     config: Config | None = None,
 ):
-    """A jitted ``run(params, key, template_batch, generate_types[g]) -> AtomsBatch`` for the
-    configured sampler: prior → ``lax.scan`` over the time grid → final step (resolve MASK,
-    Tweedie denoising). Cached per (model, guidance, interpolation, config): compiles once
-    per bucket."""
+    """A jitted ``run(params, key, template_batch, generate_types[g], w) -> AtomsBatch`` for
+    the configured sampler: prior → ``lax.scan`` over the time grid → final step (resolve
+    MASK, Tweedie denoising). With ``guided`` the score is classifier-free guided with the
+    weight ``w`` (a traced scalar: every w shares one compilation). Cached per (model,
+    guided, interpolation, config): compiles once per bucket."""
     cfg = config or model.config
-    cache_key = (model, guidance, interpolate, cfg)
+    from .model import compute_key
+
+    cache_key = (compute_key(model), guided, interpolate, cfg.sample, cfg.process)
     if cache_key not in _SAMPLERS:
         if len(_SAMPLERS) > 16:
             _SAMPLERS.clear()
-        _SAMPLERS[cache_key] = _build_sampler(model, guidance, interpolate, cfg)
+        _SAMPLERS[cache_key] = _build_sampler(model, guided, interpolate, cfg)
     return _SAMPLERS[cache_key]
 
 
-def _build_sampler(model: DiffusionModel, guidance, interpolate, cfg: Config):
+def _build_sampler(model: DiffusionModel, guided: bool, interpolate, cfg: Config):
     step = make_step(model, cfg)
     grid = samplers.time_grid(cfg.sample.steps, cfg.process.t_eps)
     final = samplers.finalize(model.sde if cfg.sample.denoise else None, resolve_types=model.process is not None)
 
-    def run(params, key, template: AtomsBatch, generate_types: jax.Array) -> AtomsBatch:
+    def run(params, key, template: AtomsBatch, generate_types: jax.Array, w: jax.Array) -> AtomsBatch:
         score_fn = model.score_fn(params)
         if interpolate is not None:
             score_fn = samplers.interpolated(score_fn, interpolate[0], interpolate[1], model.num_types)
-        if guidance is not None:
-            score_fn = samplers.guided(score_fn, guidance)
+        if guided:
+            score_fn = samplers.guided(score_fn, w)
         state = samplers.prior_state(jax.random.fold_in(key, 0), template, model.sde, mask_types=False)
         free = jnp.asarray(state.node_mask) & ~jnp.asarray(state.fixed)
         types = jnp.where(free & generate_types[state.graph_index], MASK, state.types)
@@ -279,7 +282,9 @@ def sample_atoms(
                 else f"label {lab} given but this model is unconditional (model.num_labels = 0)"
             )
     w = s.guidance if guidance is None else float(guidance)
-    use_guidance = num_labels > 0 and any(int(l) for l in labels) and w != 1.0
+    # Guidance needs labels; w = 1 (purely conditional) skips the second network call unless
+    # a weight was asked for explicitly.
+    use_guidance = num_labels > 0 and any(int(l) for l in labels) and (guidance is not None or w != 1.0)
     interp = None
     if interpolate is not None:
         if model.process is None:
@@ -293,9 +298,9 @@ def sample_atoms(
     )
     chunks = [list(range(i, min(i + s.batch_size, n))) for i in range(0, n, s.batch_size)]
     bucket = common_bucket([[encoded[i] for i in c] for c in chunks])
-    run = make_sampler(model, guidance=w if use_guidance else None, interpolate=interp, config=cfg)
+    run = make_sampler(model, guided=use_guidance, interpolate=interp, config=cfg)
     root = jax.random.PRNGKey(s.seed)
-    chash = config_hash(cfg)
+    chash = config_hash(model.config)  # identifies the model; sampling settings are in info
     out: list = []
     it = chunks
     if progress:
@@ -306,7 +311,7 @@ def sample_atoms(
         batch = collate([encoded[i] for i in chunk], bucket)
         gen_mask = np.zeros(bucket.n_graph, bool)
         gen_mask[: len(chunk)] = [gen[i] for i in chunk]
-        result = run(params, jax.random.fold_in(root, ci), batch, jnp.asarray(gen_mask))
+        result = run(params, jax.random.fold_in(root, ci), batch, jnp.asarray(gen_mask), jnp.float32(w))
         result = jax.device_get(result)
         info = []
         for i in chunk:

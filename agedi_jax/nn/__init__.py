@@ -50,6 +50,8 @@ def make_network(name: str = "nequip", **kwargs: Any) -> nn.Module:
         raise ValueError(f"{cls.__name__} has no field(s) {bad}; valid fields: {valid}")
     if "num_types" not in kwargs:
         raise ValueError(f"{cls.__name__} needs num_types (the number K of physical types)")
+    if isinstance(kwargs.get("com_scales"), list):  # e.g. read back from JSON
+        kwargs["com_scales"] = tuple(kwargs["com_scales"])
     return cls(**kwargs)
 
 
@@ -67,6 +69,8 @@ class NetworkConfig:
 
     @classmethod
     def create(cls, name: str = "nequip", **kwargs: Any) -> "NetworkConfig":
+        if isinstance(kwargs.get("com_scales"), list):
+            kwargs["com_scales"] = tuple(kwargs["com_scales"])
         make_network(name, **kwargs)  # validate now, not at build time
         return cls(name.lower(), tuple(sorted(kwargs.items())))
 

@@ -261,6 +261,19 @@ def check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
+def check_global_options(com_vector: bool, com_scales: Any, normalize: bool, norm_eps: float) -> None:
+    """Validate the centre-of-mass and normalisation fields of a network."""
+    if com_vector:
+        try:
+            scales = tuple(float(x) for x in com_scales)
+        except TypeError:
+            raise ValueError(f"com_scales must be a tuple of lengths in Å, got {com_scales!r}") from None
+        if not scales or not all(math.isfinite(x) and x > 0 for x in scales):
+            raise ValueError(f"com_scales must be a non-empty tuple of positive lengths in Å, got {com_scales!r}")
+    if normalize:
+        check_positive("norm_eps", norm_eps)
+
+
 # --------------------------------------------------------------------------------------
 # Average number of neighbours (from data)
 # --------------------------------------------------------------------------------------

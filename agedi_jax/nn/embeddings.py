@@ -86,8 +86,10 @@ class Conditioning(nn.Module):
     """Initial scalar node features and the per-graph condition vector.
 
     Returns ``(h0 [n, features], cond [g, features])`` with
-    ``cond = TimeEmbedding(t) (+ LabelEmbedding(label))`` and
+    ``cond = TimeEmbedding(t) (+ LabelEmbedding(label)) (+ MLP(size))`` and
     ``h0 = Dense(concat[TypeEmbedding(type_weights), cond[graph_index]])``.
+    ``size`` [g, d] holds per-graph size features (e.g. ``log N``,
+    :func:`agedi_jax.nn.context.graph_size_features`), or None.
     The networks also add a per-layer projection of ``cond`` to their scalar channels.
     """
 
@@ -97,11 +99,18 @@ class Conditioning(nn.Module):
 
     @nn.compact
     def __call__(
-        self, type_weights: Array, t: Array, label: Array | None, graph_index: Array
+        self,
+        type_weights: Array,
+        t: Array,
+        label: Array | None,
+        graph_index: Array,
+        size: Array | None = None,
     ) -> tuple[Array, Array]:
         cond = TimeEmbedding(self.features, name="time")(t)
         if self.num_labels > 0:
             cond = cond + LabelEmbedding(self.num_labels, self.features, name="label")(label)
+        if size is not None:
+            cond = cond + MLP((self.features, self.features), activation=nn.silu, name="size")(size)
         z = TypeEmbedding(self.num_types, self.features, name="type")(type_weights)
         h0 = nn.Dense(self.features, name="node_in")(
             jnp.concatenate([z, cond[graph_index]], axis=-1)

@@ -13,6 +13,17 @@ Per interaction layer (node features ``x``, edge ``i ← j`` with vector ``r_ij`
 4. ``a_i = Σ_j m_ij / sqrt(avg_num_neighbors)``   (masked edges contribute exactly 0)
 5. ``x ← Gate(Linear(a) + Skip(x))``              (skip plain or per species)
 
+Global inputs and stability (each a field, on by default; :mod:`agedi_jax.nn.context`,
+:mod:`agedi_jax.nn.norms`):
+
+* ``normalize``: step 0, ``x ← IrrepsNorm(x)`` (layer norm of ``0e``, soft RMS norm of
+  ``l ≥ 1``), so every layer reads inputs of bounded size;
+* ``global_context``: ``log N`` joins the condition, and after step 1 the scalar channels
+  get ``MLP(mean_{j ∈ graph(i)} x_j^{0e})`` (a virtual node): atoms isolated at high noise
+  still see the size and composition of their structure;
+* ``com_vector``: the input features get ``1o`` channels ``d_i / sqrt(|d_i|² + L_k²)`` from
+  the offset ``d_i`` to the centre of mass, and ``0e`` channels from their norms.
+
 The target irreps are the hidden irreps plus one gate scalar per non-scalar channel. The
 last layer keeps only ``0e`` (+ ``1o`` when the position head is on), so every parameter
 reaches an output. Heads: ``Linear → 1x1o`` per atom (position output, projected to zero
@@ -32,6 +43,7 @@ from agedi_jax.graph import AtomsBatch, Edges
 from agedi_jax.nn.common import (
     MLP,
     bessel_basis,
+    check_global_options,
     check_heads,
     check_positive,
     finalize_scores,
@@ -40,7 +52,9 @@ from agedi_jax.nn.common import (
     unit_vectors,
     validate_inputs,
 )
+from agedi_jax.nn.context import GlobalContext, com_features, graph_size_features
 from agedi_jax.nn.embeddings import Conditioning
+from agedi_jax.nn.norms import IrrepsNorm
 from agedi_jax.scores import Scores
 
 Array = Any
@@ -80,10 +94,14 @@ class NequIPLayer(nn.Module):
     radial_hidden: int = 64
     radial_layers: int = 2
     species_skip: bool = False
+    global_context: bool = False
+    normalize: bool = False
+    norm_eps: float = 1.0
 
     @nn.compact
     def __call__(
         self,
+        batch: AtomsBatch,
         x: e3nn.IrrepsArray,  # [n, irreps_in]
         cond: Array,  # [n, F] per-atom condition vector
         sh: e3nn.IrrepsArray,  # [e, sh irreps]
@@ -98,8 +116,14 @@ class NequIPLayer(nn.Module):
         target = _gated_irreps(irreps_out)
         n = x.shape[0]
 
+        if self.normalize:
+            x = IrrepsNorm(self.norm_eps, name="norm")(x)
         n_scalars = x.filter(keep="0e").irreps.num_irreps
         x = _add_to_scalars(x, nn.Dense(n_scalars, name="cond")(cond))
+        if self.global_context:
+            x = _add_to_scalars(
+                x, GlobalContext(n_scalars, name="context")(batch, x.filter(keep="0e").array)
+            )
 
         x_up = e3nn.flax.Linear(x.irreps, name="linear_up")(x)
         x_j = x_up[senders]
@@ -149,6 +173,13 @@ class NequIP(nn.Module):
       species_skip: per-species (type-weighted) skip connection instead of a plain one.
       position_head, type_head: which outputs to produce (an absent head returns None and
         owns no parameters).
+      global_context: ``log N`` in the condition and a virtual-node update of the scalars
+        in every layer (module docstring).
+      com_vector: input ``1o`` (and ``0e``) features from the offset to the centre of mass
+        (:func:`agedi_jax.nn.context.com_features`).
+      com_scales: length scales (Å) at which the centre-of-mass offset is squashed.
+      normalize: equivariant layer norm of every layer's input (module docstring).
+      norm_eps: softening of the ``l ≥ 1`` normalisation (squared feature units).
     """
 
     num_types: int
@@ -166,6 +197,11 @@ class NequIP(nn.Module):
     species_skip: bool = False
     position_head: bool = True
     type_head: bool = True
+    global_context: bool = True
+    com_vector: bool = True
+    com_scales: tuple[float, ...] = (1.0, 3.0, 10.0)
+    normalize: bool = True
+    norm_eps: float = 1.0
 
     def __call__(
         self,
@@ -199,6 +235,7 @@ class NequIP(nn.Module):
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
         if self.l_max < 1:
             raise ValueError(f"l_max must be >= 1 (the position output is a vector), got {self.l_max}")
+        check_global_options(self.com_vector, self.com_scales, self.normalize, self.norm_eps)
         validate_inputs(batch, t, label, edges, type_weights,
                         num_types=self.num_types, num_labels=self.num_labels)
         return self._forward(batch, t, label, edges, type_weights)
@@ -213,10 +250,18 @@ class NequIP(nn.Module):
             num_types=self.num_types, num_labels=self.num_labels, cutoff=self.cutoff,
         )
 
+        size = graph_size_features(batch, batch.positions.dtype) if self.global_context else None
         h0, cond = Conditioning(self.num_types, self.num_labels, self.features, name="embed")(
-            type_weights, t, label, batch.graph_index
+            type_weights, t, label, batch.graph_index, size
         )
         cond_n = cond[batch.graph_index]
+        x = e3nn.IrrepsArray(f"{self.features}x0e", h0)
+        if self.com_vector:
+            com_s, com_v = com_features(batch, batch.positions, self.com_scales)  # [n,k], [n,3,k]
+            k = com_s.shape[-1]
+            x = e3nn.IrrepsArray(f"{self.features}x0e", h0 + nn.Dense(self.features, name="com_scalars")(com_s))
+            vec = e3nn.IrrepsArray(f"{k}x1o", jnp.swapaxes(com_v, 1, 2).reshape(-1, 3 * k))
+            x = e3nn.concatenate([x, vec])
 
         sh = e3nn.spherical_harmonics(
             e3nn.Irreps.spherical_harmonics(self.l_max), unit_vectors(edges.vectors), normalize=False,
@@ -227,7 +272,6 @@ class NequIP(nn.Module):
 
         hidden = hidden_irreps(self.features, self.vector_features, self.l_max)
         last = hidden.filter(keep=["0e", "1o"] if self.position_head else ["0e"])
-        x = e3nn.IrrepsArray(f"{self.features}x0e", h0)
         for i in range(self.num_layers):
             x = NequIPLayer(
                 irreps_out=last if i == self.num_layers - 1 else hidden,
@@ -236,8 +280,11 @@ class NequIP(nn.Module):
                 radial_hidden=self.radial_hidden,
                 radial_layers=self.radial_layers,
                 species_skip=self.species_skip,
+                global_context=self.global_context,
+                normalize=self.normalize,
+                norm_eps=self.norm_eps,
                 name=f"layer_{i}",
-            )(x, cond_n, sh, radial, envelope, edges.mask, batch.senders, batch.receivers,
+            )(batch, x, cond_n, sh, radial, envelope, edges.mask, batch.senders, batch.receivers,
               type_weights)
 
         pos = typ = None

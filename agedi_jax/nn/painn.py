@@ -13,10 +13,23 @@ Per layer, with edge ``i ← j``, direction ``r̂_ij`` and length ``r_ij`` (Å):
 * update:   ``U v, V v`` (feature mixing, no bias); ``(a_vv, a_sv, a_ss) = MLP([s, ‖V v‖])``;
   ``Δv = a_vv ⊙ U v``, ``Δs = a_sv ⊙ ⟨U v, V v⟩ + a_ss``
 
+Global inputs (:mod:`agedi_jax.nn.context`; each can be switched off):
+
+* ``global_context``: ``log N`` joins the condition, and before every layer
+  ``s_i += MLP(mean_{j ∈ graph(i)} LN(s_j))`` (a virtual node), so isolated atoms of a
+  graph that has fallen apart at high noise still see its size and composition;
+* ``com_vector``: the initial vectors are a linear map of the squashed offsets from the
+  centre of mass, ``v_i = W [d_i / sqrt(|d_i|² + L_k²)]_k``, and ``s_i`` gets their norms.
+
+Stability (``normalize``, :mod:`agedi_jax.nn.norms`): every message and update block reads
+pre-normalised inputs (layer norm on ``s``, soft RMS norm on ``v``) and the heads read
+normalised final features, so each residual update is bounded whatever the geometry (two
+nearly coincident atoms no longer blow the output up).
+
 Heads: two gated equivariant blocks → one vector per atom (positions) and an MLP on
 ``[s, cond]`` → K type log-scores. Differences from the original: a Bessel basis with a
-polynomial envelope instead of Gaussians with a cosine cutoff, and message sums divided by
-``sqrt(avg_num_neighbors)`` (a fixed rescaling).
+polynomial envelope instead of Gaussians with a cosine cutoff, message sums divided by
+``sqrt(avg_num_neighbors)`` (a fixed rescaling), and the global inputs and normalisation above.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ from agedi_jax.graph import AtomsBatch, Edges
 from agedi_jax.nn.common import (
     MLP,
     bessel_basis,
+    check_global_options,
     check_heads,
     check_positive,
     finalize_scores,
@@ -40,7 +54,9 @@ from agedi_jax.nn.common import (
     unit_vectors,
     validate_inputs,
 )
+from agedi_jax.nn.context import GlobalContext, com_features, graph_size_features
 from agedi_jax.nn.embeddings import Conditioning
+from agedi_jax.nn.norms import VectorNorm
 from agedi_jax.scores import Scores
 
 Array = Any
@@ -122,6 +138,13 @@ class PaiNN(nn.Module):
       avg_num_neighbors: see :func:`agedi_jax.nn.common.average_num_neighbors`.
       position_head, type_head: which outputs to produce (an absent head returns None and
         owns no parameters).
+      global_context: ``log N`` in the condition and a virtual-node update of the scalars
+        before every layer (module docstring).
+      com_vector: initial vectors (and scalars) from the offset to the centre of mass
+        (:func:`agedi_jax.nn.context.com_features`).
+      com_scales: length scales (Å) at which the centre-of-mass offset is squashed.
+      normalize: pre-normalise the inputs of every block and the heads (module docstring).
+      norm_eps: softening of the vector normalisation (squared feature units).
     """
 
     num_types: int
@@ -134,6 +157,11 @@ class PaiNN(nn.Module):
     avg_num_neighbors: float = 12.0
     position_head: bool = True
     type_head: bool = True
+    global_context: bool = True
+    com_vector: bool = True
+    com_scales: tuple[float, ...] = (1.0, 3.0, 10.0)
+    normalize: bool = True
+    norm_eps: float = 1.0
 
     def __call__(
         self,
@@ -165,6 +193,7 @@ class PaiNN(nn.Module):
         check_positive("avg_num_neighbors", self.avg_num_neighbors)
         if self.num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        check_global_options(self.com_vector, self.com_scales, self.normalize, self.norm_eps)
         validate_inputs(batch, t, label, edges, type_weights,
                         num_types=self.num_types, num_labels=self.num_labels)
         return self._forward(batch, t, label, edges, type_weights)
@@ -178,24 +207,42 @@ class PaiNN(nn.Module):
             num_types=self.num_types, num_labels=self.num_labels, cutoff=self.cutoff,
         )
         f = self.features
+        size = graph_size_features(batch, batch.positions.dtype) if self.global_context else None
         s, cond = Conditioning(self.num_types, self.num_labels, f, name="embed")(
-            type_weights, t, label, batch.graph_index
+            type_weights, t, label, batch.graph_index, size
         )
         cond_n = cond[batch.graph_index]
-        v = jnp.zeros(s.shape[:1] + (3, f), s.dtype)
+        if self.com_vector:
+            com_s, com_v = com_features(batch, batch.positions, self.com_scales)
+            s = s + nn.Dense(f, name="com_scalars")(com_s)
+            v = nn.Dense(f, use_bias=False, name="com_vectors")(com_v)
+        else:
+            v = jnp.zeros(s.shape[:1] + (3, f), s.dtype)
 
         envelope = polynomial_envelope(edges.lengths, self.cutoff, self.envelope_p)
         radial = bessel_basis(edges.lengths, self.num_basis, self.cutoff) * envelope[:, None]
         directions = unit_vectors(edges.vectors)
 
+        def norm(s, v, tag):
+            if not self.normalize:
+                return s, v
+            return (nn.LayerNorm(name=f"norm_s_{tag}")(s),
+                    VectorNorm(self.norm_eps, name=f"norm_v_{tag}")(v))
+
         for i in range(self.num_layers):
             s = s + nn.Dense(f, name=f"cond_{i}")(cond_n)
+            if self.global_context:
+                pooled_in = nn.LayerNorm(name=f"norm_context_{i}")(s) if self.normalize else s
+                s = s + GlobalContext(f, name=f"context_{i}")(batch, pooled_in)
+            hs, hv = norm(s, v, f"message_{i}")
             ds, dv = PaiNNMessage(f, self.avg_num_neighbors, name=f"message_{i}")(
-                s, v, radial, envelope, directions, edges.mask, batch.senders, batch.receivers
+                hs, hv, radial, envelope, directions, edges.mask, batch.senders, batch.receivers
             )
             s, v = s + ds, v + dv
-            ds, dv = PaiNNUpdate(f, name=f"update_{i}")(s, v)
+            hs, hv = norm(s, v, f"update_{i}")
+            ds, dv = PaiNNUpdate(f, name=f"update_{i}")(hs, hv)
             s, v = s + ds, v + dv
+        s, v = norm(s, v, "out")
 
         pos = typ = None
         if self.position_head:

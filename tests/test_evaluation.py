@@ -254,18 +254,20 @@ def _cu_clusters():
 
 def test_noised_baseline_subsample_and_noise():
     ref = _cu_clusters()
+    for i, a in enumerate(ref):
+        a.info["index"] = i
     b = noised_baseline(ref, fraction=0.5, sigma=0.2, seed=1)
     assert len(b) == 4
-    idx = [next(i for i, a in enumerate(ref) if a.get_chemical_symbols() == x.get_chemical_symbols()
-                and np.abs(a.positions - x.positions).max() < 1.5) for x in b]
+    idx = [x.info["index"] for x in b]
+    assert len(set(idx)) == 4 and idx == sorted(idx)
     disp = np.concatenate([(x.positions - ref[i].positions).ravel() for x, i in zip(b, idx)])
-    assert np.std(disp) == pytest.approx(0.2, rel=0.15)
+    assert np.std(disp) == pytest.approx(0.2, rel=0.15) and abs(np.mean(disp)) < 0.05
     assert all(not x.pbc.any() and x.get_chemical_formula() == "Cu13" for x in b)
-    # same seed: same subsample for every σ, exact copies at σ = 0
+    # same seed: same subsample for every σ, and exact copies at σ = 0
     b0 = noised_baseline(ref, fraction=0.5, sigma=0.0, seed=1)
-    for x, y in zip(b, b0):
-        assert np.abs(x.positions - y.positions).max() < 1.5
-    assert any(np.array_equal(y.positions, a.positions) for y in b0 for a in ref)
+    assert [x.info["index"] for x in b0] == idx
+    assert all(np.array_equal(x.positions, ref[i].positions) for x, i in zip(b0, idx))
+    assert [x.info["index"] for x in noised_baseline(ref, fraction=0.5, sigma=0.2, seed=2)] != idx
     with pytest.raises(ValueError, match="fraction"):
         noised_baseline(ref, fraction=0.0)
     with pytest.raises(ValueError, match="sigma"):
@@ -497,6 +499,11 @@ def test_evaluate_layer_group_accuracy_for_2d(tmp_path):
                    target_labels=[78, 72, 78, 72, 72, 72])
     assert res["symmetry"]["layer_group_accuracy"] == pytest.approx(5 / 6)
     assert res["config"]["periodic"] is True
+    assert res["symmetry"]["layer_group_counts"] == {"78": 3, "72": 3}  # JSON keys
+    for a, label in zip(samples, [78, 72, 72, 72, 72, 72]):  # targets read from info["label"]
+        a.info["label"] = label
+    res = evaluate(samples, ref, None, num_clusters=2, num_runs=1, sigmas=(0.05,), fractions=(1.0,))
+    assert res["symmetry"]["layer_group_accuracy"] == pytest.approx(4 / 6)
     with pytest.raises(ValueError, match="not 2D"):
         evaluate(_cu_clusters(), _cu_clusters(), None, num_clusters=2, num_runs=1, sigmas=(0.1,),
                  fractions=(1.0,), target_labels=[1] * 8)

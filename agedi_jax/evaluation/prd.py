@@ -109,7 +109,8 @@ def _as_matrix(name: str, data: Any):
 
 
 def _stack(eval_data: Any, ref_data: Any):
-    """Validated union ``[n_eval + n_ref, D]`` (dense, or CSR without all-zero columns)."""
+    """Validated union ``[n_eval + n_ref, D]``: dense, or for sparse input CSR without the
+    all-zero columns (densified when over 10 % filled and small enough)."""
     import scipy.sparse
 
     eval_data = _as_matrix("eval_data", eval_data)
@@ -124,7 +125,10 @@ def _stack(eval_data: Any, ref_data: Any):
     union = scipy.sparse.vstack([scipy.sparse.csr_matrix(eval_data), scipy.sparse.csr_matrix(ref_data)]).tocsr()
     # columns that are zero in every point do not change k-means distances: drop them
     # (SOAP over many species is mostly such columns)
-    return union[:, np.unique(union.indices)], eval_data.shape[0]
+    union = union[:, np.unique(union.indices)]
+    if union.nnz > 0.1 * union.shape[0] * union.shape[1] and union.shape[0] * union.shape[1] <= 50_000_000:
+        return union.toarray(), eval_data.shape[0]  # dense k-means is ~10x faster when dense enough
+    return union, eval_data.shape[0]
 
 
 def _kmeans_histograms(union: Any, n_eval: int, num_clusters: int, seed: int, n_threads: int | None):

@@ -44,7 +44,7 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return _jsonable(x.tolist())
     if isinstance(x, np.generic):
-        return x.item()
+        return _jsonable(x.item())
     if isinstance(x, float) and not np.isfinite(x):
         return None
     return x
@@ -62,7 +62,10 @@ def _target_labels(samples: Sequence[Any], target_labels: Any, label_key: str | 
     values = [a.info.get(label_key) for a in samples]
     if any(v is None for v in values):
         return None
-    labels = np.asarray(values, dtype=int)
+    try:
+        labels = np.asarray(values, dtype=int).reshape(len(samples))
+    except (TypeError, ValueError):
+        return None
     return labels if np.all((labels >= 1) & (labels <= 80)) else None
 
 

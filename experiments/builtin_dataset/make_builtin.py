@@ -13,17 +13,24 @@ Usage:  python experiments/builtin_dataset/make_builtin.py [--seed 0] [--out PAT
 
 from __future__ import annotations
 
-import argparse
-import gzip
-import io
-import time
-from pathlib import Path
+import os
 
-import numpy as np
-from ase import Atoms
-from ase.calculators.emt import EMT
-from ase.data import atomic_numbers, reference_states
-from ase.optimize import BFGS
+# The relaxations use numpy linear algebra on tiny matrices: BLAS threads only add
+# contention (and may change the last bits between runs). Set before numpy loads.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import gzip  # noqa: E402
+import io  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from ase import Atoms  # noqa: E402
+from ase.calculators.emt import EMT  # noqa: E402
+from ase.data import atomic_numbers, reference_states  # noqa: E402
+from ase.optimize import BFGS  # noqa: E402
 
 ELEMENTS = ("Cu", "Ag", "Au", "Ni", "Pd", "Pt")
 SIZES = tuple(range(4, 14))

@@ -443,12 +443,26 @@ def test_random_structure_search_respects_constraints():
         assert structure_validity(a)["connected"]
     again = random_structure_search({"Pt": 6, "Cu": 7}, 4, seed=0, min_distance=2.0, relax=False)
     assert all(np.array_equal(a.positions, b.positions) for a, b in zip(starts, again))
+    from ase.calculators.emt import EMT
+
     relaxed = random_structure_search("Pd4Ag2", 2, seed=1)
     for s, r in zip(random_structure_search("Pd4Ag2", 2, seed=1, relax=False), relaxed):
-        s.calc = __import__("ase.calculators.emt", fromlist=["EMT"]).EMT()
+        s.calc = EMT()
         assert r.info["energy"] < s.get_potential_energy()
+        assert sorted(r.get_chemical_symbols()) == sorted(s.get_chemical_symbols())
     with pytest.raises(ValueError, match="EMT"):
         random_structure_search("Fe3", 1)
+
+
+def test_energy_distribution_plot(tmp_path):
+    from agedi_jax.evaluation import plot_energy_distributions
+
+    fig = plot_energy_distributions({"model": [-0.1, -0.05, 0.0], "RSS": [0.02, 0.1, np.nan]},
+                                    path=tmp_path / "e.png", bins=5)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["model (3)", "RSS (2)"]
+    assert sum(p.get_height() for p in ax.patches) == 5  # NaN dropped
+    assert (tmp_path / "e.png").stat().st_size > 0
 
 
 # --------------------------------------------------------------------------------------

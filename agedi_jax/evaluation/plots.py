@@ -113,7 +113,7 @@ def plot_energy_distributions(
     ax: Any = None,
 ) -> Any:
     """Overlaid histograms of energies per set, e.g. ``{"AGeDi": e_model, "RSS": e_rss}``
-    (paper Fig. 5b,c)."""
+    (paper Fig. 5b,c); non-finite values are dropped (the legend counts the finite ones)."""
     plt = _pyplot()
     if ax is None:
         fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -123,7 +123,7 @@ def plot_energy_distributions(
     finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.zeros(0)
     edges = np.histogram_bin_edges(finite if finite.size else [0.0, 1.0], bins=bins)
     for label, v in zip(energies, values):
-        ax.hist(v[np.isfinite(v)], bins=edges, alpha=0.5, label=f"{label} ({len(v)})")
+        ax.hist(v[np.isfinite(v)], bins=edges, alpha=0.5, label=f"{label} ({int(np.isfinite(v).sum())})")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
     ax.legend(fontsize=8, frameon=False)

@@ -10,6 +10,15 @@ import numpy as np
 DEFAULT_SYMPREC = 0.1
 
 
+def _spglib():
+    """spglib with exceptions instead of the deprecated ``None`` returns."""
+    import spglib
+    import spglib.error
+
+    spglib.error.OLD_ERROR_HANDLING = False
+    return spglib
+
+
 def _spglib_cell(atoms: Any) -> tuple:
     return (
         np.asarray(atoms.cell, np.float64),
@@ -23,19 +32,21 @@ def layer_group(atoms: Any, symprec: float = DEFAULT_SYMPREC, aperiodic_dir: int
     ``aperiodic_dir``), from ``spglib.get_symmetry_layerdataset`` at ``symprec`` (Å).
 
     Returns 0 if spglib cannot determine it."""
-    import spglib
-
-    ds = spglib.get_symmetry_layerdataset(_spglib_cell(atoms), aperiodic_dir=aperiodic_dir, symprec=symprec)
-    if ds is None:
+    spglib = _spglib()
+    try:
+        ds = spglib.get_symmetry_layerdataset(_spglib_cell(atoms), aperiodic_dir=aperiodic_dir, symprec=symprec)
+    except spglib.error.SpglibError:
         return 0
-    return int(ds.number)
+    return 0 if ds is None else int(ds.number)
 
 
 def space_group(atoms: Any, symprec: float = DEFAULT_SYMPREC) -> int:
     """Space group number (1–230) of a periodic structure; 0 if spglib fails."""
-    import spglib
-
-    ds = spglib.get_symmetry_dataset(_spglib_cell(atoms), symprec=symprec)
+    spglib = _spglib()
+    try:
+        ds = spglib.get_symmetry_dataset(_spglib_cell(atoms), symprec=symprec)
+    except spglib.error.SpglibError:
+        return 0
     return 0 if ds is None else int(ds.number)
 
 
@@ -45,15 +56,17 @@ def point_group(atoms: Any, symprec: float = DEFAULT_SYMPREC, box: float = 30.0)
     The cluster is centred in a large cubic box and spglib's point group of that crystal
     is returned. Only crystallographic groups compatible with the cubic box can appear:
     an icosahedron reports ``m-3`` (its largest such subgroup), not ``Ih``."""
-    import spglib
-
+    spglib = _spglib()
     a = atoms.copy()
     a.pbc = True
     extent = np.ptp(a.positions, axis=0).max() if len(a) > 1 else 0.0
     L = max(box, extent + 20.0)
     a.set_cell([L, L, L])
     a.positions = a.positions - a.positions.mean(0) + L / 2
-    ds = spglib.get_symmetry_dataset(_spglib_cell(a), symprec=symprec)
+    try:
+        ds = spglib.get_symmetry_dataset(_spglib_cell(a), symprec=symprec)
+    except spglib.error.SpglibError:
+        return "1"
     if ds is None:
         return "1"
     return str(ds.pointgroup).strip()

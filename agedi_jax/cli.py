@@ -104,7 +104,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_data(args: argparse.Namespace) -> int:
     from .data import summary_main
 
-    return int(summary_main(["summary", *args.specs]) or 0)
+    return int(summary_main([*args.specs, *(["--validate"] if args.validate else [])]) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="one-line summaries of data sets")
     p.add_argument("action", choices=["summary"])
     p.add_argument("specs", nargs="+", help="builtin, a QCD directory, qcd:PATH:gm, a C2DB csv / db, an extxyz")
+    p.add_argument("--validate", action="store_true", help="also check that every structure can be batched")
     p.set_defaults(func=_cmd_data)
     return parser
 

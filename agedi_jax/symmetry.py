@@ -53,11 +53,17 @@ def space_group(atoms: Any, symprec: float = DEFAULT_SYMPREC) -> int:
 def point_group(atoms: Any, symprec: float = DEFAULT_SYMPREC, box: float = 30.0) -> str:
     """Crystallographic point group (Hermann–Mauguin symbol) of a cluster.
 
-    The cluster is centred in a large cubic box and spglib's point group of that crystal
-    is returned. Only crystallographic groups compatible with the cubic box can appear:
-    an icosahedron reports ``m-3`` (its largest such subgroup), not ``Ih``."""
+    The cluster is rotated onto its principal axes of inertia, centred in a large cubic
+    box, and spglib's point group of that crystal is returned. Only crystallographic
+    groups compatible with the cubic box can appear: an icosahedron reports ``m-3`` (its
+    largest such subgroup), not ``Ih``; clusters whose symmetry axes are not the principal
+    axes (degenerate moments) may report a subgroup."""
     spglib = _spglib()
     a = atoms.copy()
+    x = a.positions - a.positions.mean(0)
+    inertia = (x**2).sum() * np.eye(3) - x.T @ x
+    _, axes = np.linalg.eigh(inertia)
+    a.positions = x @ axes
     a.pbc = True
     extent = np.ptp(a.positions, axis=0).max() if len(a) > 1 else 0.0
     L = max(box, extent + 20.0)

@@ -145,9 +145,9 @@ def test_em_vp_first_order_and_recursion(big):
     assert -1.2 < slope < -0.8, (errs, slope)
 
 
-def test_em_ve_reproduces_the_data(big):
+def test_em_and_pc_ve_reproduce_the_data(big):
     """VE with exact scores: the mean is exact and the variance equals the EM recursion's
-    at N = 32 and approaches s0² (plus the tiny std(eps)²)."""
+    at N = 32 and approaches s0² (plus the tiny std(eps)²); PC as well."""
     b = exact_start(VE, big, seed=1)
     grid = np.asarray(SM.time_grid(32, EPS), np.float64)
     x = free_positions(loop(jit_step(SM.euler_maruyama(VE), gaussian_score_fn(VE)), jax.random.key(0), b, grid), big)
@@ -157,6 +157,11 @@ def test_em_ve_reproduces_the_data(big):
     np.testing.assert_allclose(x.var(0), var_em, atol=5 * var_em * math.sqrt(2 / k))
     np.testing.assert_allclose(x.mean(0), MU, atol=5 * math.sqrt(target / k))
     assert abs(var_em - target) < 0.15 * target
+    # predictor–corrector on the same grid: the data moments too (the corrector's own
+    # Langevin bias is ~snr², see the next test)
+    pc = free_positions(loop(jit_step(SM.predictor_corrector(VE, 0.16, 1), gaussian_score_fn(VE)), jax.random.key(1), b, grid), big)
+    np.testing.assert_allclose(pc.mean(0), MU, atol=5 * math.sqrt(target / k))
+    assert abs(pc.var(0).mean() - target) < 0.15 * target
 
 
 @pytest.mark.parametrize("sde", [VE, VP], ids=["ve", "vp"])
@@ -387,21 +392,26 @@ def test_classifier_free_guidance(mixed):
 
 def test_interpolation_weights_and_allowed_types(mixed):
     a_type, b_type = 1, 3  # H and O; the score prefers C (2)
-    seen = []
 
-    def spy(state, t, key, type_weights=None):
-        seen.append(np.asarray(type_weights))
-        return toy_score_fn(state, t, key)
+    @jax.jit
+    def call(state, t, key):
+        box = {}
 
-    fn = SM.interpolated(spy, a_type, b_type, K)
+        def spy(state, t, key, type_weights=None):
+            box["w"] = type_weights
+            return toy_score_fn(state, t, key)
+
+        out = SM.interpolated(spy, a_type, b_type, K)(state, t, key)
+        return out, box["w"]
+
     state = jax.tree_util.tree_map(jnp.asarray, mixed)
     z = np.asarray(state.types).copy()
     free = np.where(mixed.node_mask & ~mixed.fixed)[0]
     z[free[:6]] = [1, 3, 2, MASK, 1, 3]  # graph 0: A, B, C, MASK, A, B
     state = state._replace(types=jnp.asarray(z))
     t = jnp.full(state.num_graphs, 0.5)
-    out = fn(state, t, jax.random.key(1))
-    w = seen[-1]
+    out, w = call(state, t, jax.random.key(1))
+    w = np.asarray(w)
     np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-6)
     alpha = w[free[0], a_type]
     assert 0 < alpha < 1
@@ -409,13 +419,14 @@ def test_interpolation_weights_and_allowed_types(mixed):
     np.testing.assert_allclose(w[free[1]], [0, 1 - alpha, 0, alpha], rtol=1e-6)  # same α for B
     np.testing.assert_array_equal(w[free[2]], np.eye(K + 1)[2])
     np.testing.assert_array_equal(w[free[3]], np.eye(K + 1)[MASK])
-    fn(state, t, jax.random.key(2))
-    assert seen[-1][free[0], a_type] != alpha  # a new α at every call
+    _, w2 = call(state, t, jax.random.key(2))
+    assert np.asarray(w2)[free[0], a_type] != alpha  # a new α at every call
     ls = np.asarray(out.types)
     assert np.all(ls[:, b_type - 1] > -100) and np.all(ls[:, 1] == SM.NEG_LOG_SCORE)
     # a whole types-only sample only ever unmasks into {A, B}
-    types_only = lambda s, t, k, type_weights=None: Scores(types=toy_score_fn(s, t, k).types)
-    res = SM.sample(jax.random.key(3), mixed, SM.interpolated(types_only, a_type, b_type, K), SM.tau_leaping(PROCESS), SM.time_grid(8, EPS))
+    types_only = lambda s, t, k, type_weights=None: Scores(types=toy_score_fn(s, t, k).types)  # noqa: E731
+    fn = SM.interpolated(types_only, a_type, b_type, K)
+    res = jax.jit(lambda k, s: SM.sample(k, s, fn, SM.tau_leaping(PROCESS), SM.time_grid(8, EPS)))(jax.random.key(3), mixed)
     zz = np.asarray(res.types)[free]
     assert set(np.unique(zz)) <= {a_type, b_type} and len(np.unique(zz)) == 2
     np.testing.assert_array_equal(np.asarray(res.positions), np.asarray(mixed.positions, np.float32))
@@ -429,27 +440,28 @@ def test_interpolation_weights_and_allowed_types(mixed):
 def test_no_nan_down_to_tiny_eps_including_gradients():
     b = anchor_batch(4, 7)
     grid = SM.time_grid(16, 1e-5)
+    free = b.node_mask & ~b.fixed
     cosine, geometric = S.VPSDE(S.VPCosineSchedule()), S.VESDE(S.VEGeometricSchedule(0.01, 8.0))
-    cases = [
-        (cosine, SM.joint(SM.predictor_corrector(cosine, 0.01), SM.tau_leaping(PROCESS))),
-        (geometric, SM.joint(SM.heun_ode(geometric), SM.analytic(PROCESS))),
-    ]
-    for sde, step in cases:
-        state = prior_state(jax.random.key(0), b, sde)
-        run = jax.jit(lambda k, s: SM.sample(k, s, gaussian_score_fn(sde), step, grid, SM.finalize(sde)))
-        out = run(jax.random.key(1), state)
-        assert np.all(np.isfinite(np.asarray(out.positions)))
-        assert not np.any(np.asarray(out.types)[b.node_mask] == MASK)
+    step = SM.joint(SM.predictor_corrector(cosine, 0.01), SM.tau_leaping(PROCESS))
+    state = prior_state(jax.random.key(0), b, cosine)
+    out = jax.jit(lambda k, s: SM.sample(k, s, gaussian_score_fn(cosine), step, grid, SM.finalize(cosine)))(jax.random.key(1), state)
+    assert np.all(np.isfinite(np.asarray(out.positions)))
+    assert not np.any(np.asarray(out.types)[b.node_mask] == MASK)
 
-    def final_mean(mu):
-        out = SM.sample(jax.random.key(2), state, gaussian_score_fn(VE, mu=mu), SM.heun_ode(VE), grid, SM.finalize(VE))
-        return jnp.sum(out.positions[b.node_mask & ~b.fixed], 0)
+    # Heun + analytic on the geometric VE SDE, differentiated with respect to the data mean
+    step = SM.joint(SM.heun_ode(geometric), SM.analytic(PROCESS))
+    state = prior_state(jax.random.key(0), b, geometric)
 
-    state = prior_state(jax.random.key(0), b, VE)
-    jac = jax.jit(jax.jacfwd(final_mean))(jnp.asarray(MU, jnp.float32))
-    assert np.all(np.isfinite(np.asarray(jac)))
+    def run(mu):
+        out = SM.sample(jax.random.key(2), state, gaussian_score_fn(geometric, mu=mu), step, grid, SM.finalize(geometric))
+        return jnp.sum(out.positions[free], 0), out.types
+
+    mu = jnp.asarray(MU, jnp.float32)
+    (total, types), (jac, _) = jax.jit(jax.vmap(lambda v: jax.jvp(run, (mu,), (v,)), out_axes=(None, 0)))(jnp.eye(3))
+    assert np.all(np.isfinite(np.asarray(total))) and np.all(np.isfinite(np.asarray(jac)))
+    assert not np.any(np.asarray(types)[b.node_mask] == MASK)
     # the exact flow map x_eps = μ + (x_1 − μ) sqrt(v_eps / v_1) gives d(Σx)/dμ = 28 (1 − sqrt(v_eps / v_1)) I
-    ratio = math.sqrt((S0**2 + float(VE.std(1e-5)) ** 2) / (S0**2 + VE.prior_std**2))
+    ratio = math.sqrt((S0**2 + float(geometric.std(1e-5)) ** 2) / (S0**2 + geometric.prior_std**2))
     np.testing.assert_allclose(np.asarray(jac), 28.0 * (1 - ratio) * np.eye(3), atol=0.3)
 
 

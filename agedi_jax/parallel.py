@@ -445,6 +445,9 @@ def _check_stacked(batch: AtomsBatch, mesh: Mesh, who: str) -> None:
             f"got shape {np.shape(batch.positions)}"
         )
     d, ndev = np.shape(batch.positions)[0], mesh.devices.size
+    leading = {name: np.shape(x)[:1] for name, x in zip(AtomsBatch._fields, batch)}
+    if set(leading.values()) != {(d,)}:
+        raise ValueError(f"{who}: every field of a stacked batch needs the same leading shard axis, got {leading}")
     if d % ndev:
         raise ValueError(f"{who}: {d} shards cannot be split over {ndev} devices: use a multiple of {ndev}")
 
@@ -685,6 +688,7 @@ def sample_sharded(
     compiled_cfg = replace(cfg, sample=dict(seed=base.seed, batch_size=base.batch_size))
     run = make_sharded_sampler(model, mesh, guided=use_guidance, interpolate=interp, config=compiled_cfg)
     mine = local_shards(mesh, num_shards)
+    params = replicate(params, mesh)  # a no-op when they already are
     root = jax.random.PRNGKey(s.seed)
     chash = config_hash(model.config)
     out: list = []

@@ -165,11 +165,17 @@ def main() -> dict:
 
 
 def multihost(pid: int, port: int) -> dict:
-    """Process ``pid`` of 2, each with 2 CPU devices: start-up, a mesh over both
-    processes, every process feeding its own shards."""
+    """Process ``pid`` of 2, each with 2 CPU devices: start-up (from arguments or from
+    the environment), a mesh over both processes, every process feeding its own shards."""
     from agedi_jax import parallel
 
-    started = parallel.initialize_distributed(f"localhost:{port}", 2, pid)
+    if pid == 0:  # process 0 passes arguments, process 1 the standard environment variables
+        started = parallel.initialize_distributed(f"localhost:{port}", 2, pid)
+    else:
+        import os
+
+        os.environ.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid))
+        started = parallel.initialize_distributed()
     import jax
     from jax.sharding import PartitionSpec as P
 

@@ -309,6 +309,10 @@ def sample_atoms(
         it = tqdm(chunks, desc="sample", unit="batch", dynamic_ncols=True)
     for ci, chunk in enumerate(it):
         batch = collate([encoded[i] for i in chunk], bucket)
+        if model.sde is not None:
+            from .sde import check_batch
+
+            check_batch(model.sde, batch)  # VP on a periodic template: clear error, not NaN
         gen_mask = np.zeros(bucket.n_graph, bool)
         gen_mask[: len(chunk)] = [gen[i] for i in chunk]
         result = run(params, jax.random.fold_in(root, ci), batch, jnp.asarray(gen_mask), jnp.float32(w))

@@ -113,6 +113,13 @@ def prepare_data(config: Config, dataset=None) -> PreparedData:
     if len(dataset) == 0:
         raise ValueError("the training data set is empty")
     labels = _labels_of(dataset, config)
+    if config.process.sde == "vp" and config.model.positions:
+        periodic = [k for k, a in enumerate(dataset.structures) if np.any(a.pbc)]
+        if periodic:
+            raise ValueError(
+                f"process.sde=vp cannot diffuse periodic structures ({len(periodic)} of {len(dataset)}, e.g. "
+                f"structure {periodic[0]}); use process.sde=ve"
+            )
     n = len(dataset)
     rng = np.random.default_rng(config.data.split_seed)
     order = rng.permutation(n)

@@ -40,6 +40,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -326,13 +327,16 @@ def em_step(model, x, z, t: float, dt: float, n_per: int, gen) -> "torch.Tensor"
 def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> dict:
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
         times.append(1e3 * (time.perf_counter() - t0))
+        cpu.append(1e3 * (time.process_time() - c0))
     q = np.percentile(times, [25, 50, 75])
-    return {"median": float(q[1]), "p25": float(q[0]), "p75": float(q[2]), "min": float(min(times))}
+    # process CPU time (all threads) is far less sensitive than wall time to other jobs
+    return {"median": float(q[1]), "p25": float(q[0]), "p75": float(q[2]), "min": float(min(times)),
+            "cpu_median": float(np.median(cpu))}
 
 
 def rss_mb() -> float:
@@ -435,9 +439,69 @@ def build_model(n_rbf: int = 20, num_types: int = 6, shared_filters: bool = Fals
     return model
 
 
+def _timed_workloads(model, x0, z, states: dict, repeats: int, seed: int) -> dict:
+    """Median times of the training step, the reverse step with autograd off (late state and
+    prior) and on, and of the inference step along the time grid."""
+    n_per = 13
+    batch = x0.shape[0] // n_per
+    dt = (1.0 - T_EPS) / 499  # a 500-step grid on [T_EPS, 1]
+    gen = torch.Generator().manual_seed(seed)
+    res: dict[str, Any] = {}
+
+    # 1. training step (Adam state is kept between calls, as in a training loop)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train_edges: list[int] = []
+    res["train_step_ms"] = _median_ms(
+        lambda: train_edges.append(train_step(model, opt, x0, z, n_per, gen)[1]), repeats)
+    res["edges_train_mean"] = float(np.mean(train_edges[3:]))
+    res["train_structures_per_s"] = 1e3 * batch / res["train_step_ms"]["median"]
+    model.eval()
+
+    # 2./3. one reverse step from a late state (all pairs of a cluster are edges) and from the prior
+    xt, t_late = states["late"]
+    xp = states["prior"][0]
+
+    def nograd():
+        with torch.inference_mode():
+            em_step(model, xt, z, t_late, dt, n_per, gen)
+
+    def nograd_prior():
+        with torch.inference_mode():
+            em_step(model, xp, z, 1.0, dt, n_per, gen)
+
+    def autograd_on():
+        em_step(model, xt.clone().requires_grad_(True), z, t_late, dt, n_per, gen)
+
+    res["sample_step_nograd_ms"] = _median_ms(nograd, repeats)
+    res["sample_step_nograd_prior_ms"] = _median_ms(nograd_prior, repeats)
+    res["sample_step_autograd_ms"] = _median_ms(autograd_on, repeats)
+    res["sample_500_steps_s"] = 500 * res["sample_step_nograd_ms"]["median"] / 1e3
+    res["sample_500_steps_autograd_s"] = 500 * res["sample_step_autograd_ms"]["median"] / 1e3
+
+    # the cost along the way: marginal states x0 + σ(t) ε at a few t of the grid
+    along = []
+    for t_k, x_k in states["along"]:
+        def step_k(x_k=x_k, t_k=t_k):
+            with torch.inference_mode():
+                em_step(model, x_k, z, t_k, dt, n_per, gen)
+
+        ms = _median_ms(step_k, max(3, repeats // 4), warmup=1)["median"]
+        along.append({"t": t_k, "edges": int(radius_graph(x_k, n_per)[0].shape[0]), "ms": ms})
+    res["sample_step_nograd_along_t"] = along
+    res["sample_500_steps_s_along_t"] = 500 * float(np.mean([a["ms"] for a in along])) / 1e3
+    res["sample_structures_per_s_500_steps"] = batch / res["sample_500_steps_s_along_t"]
+    return res
+
+
 def run_reference(repeats: int = 20, batch: int = 64, threads: int = 2, n_rbf: int = 20,
                   leak_steps: int = 35, seed: int = 0) -> dict:
     """Time the reference workloads on ``batch`` Pt13 clusters and return the figures.
+
+    The timed workloads run twice: as the original runs (float32 denormals not flushed: the
+    top-level figures) and with ``torch.set_flush_denormal(True)`` (under ``"flushed"``).
+    Gaussian-basis tails and cutoff-weighted messages underflow into denormals, which x86
+    CPUs process in microcode, so flushing changes the figures a lot.
 
     Args:
       repeats: timed calls per workload (median reported; 3 untimed warm-up calls first).
@@ -449,86 +513,65 @@ def run_reference(repeats: int = 20, batch: int = 64, threads: int = 2, n_rbf: i
       seed: seeds torch, the clusters and the noise.
 
     Returns:
-      A JSON-serialisable dict (times in ms, memory in MB); ``{"available": False, "reason"}``
-      when torch is not installed.
+      A JSON-serialisable dict (times in ms with median / quartiles / process CPU time, memory
+      in MB); ``{"available": False, "reason": ...}`` when torch is not installed.
     """
     if torch is None:
         return {"available": False, "reason": _TORCH_ERROR}
     if repeats < 1 or batch < 1 or leak_steps < 2:
         raise ValueError(f"need repeats >= 1, batch >= 1, leak_steps >= 2; got {repeats}, {batch}, {leak_steps}")
     torch.set_num_threads(threads)
+    torch.set_flush_denormal(False)
     torch.manual_seed(seed)
     n_per = 13
     model = build_model(n_rbf=n_rbf)
-    n_params = count_parameters(model)
     parts = {name: count_parameters(getattr(model, name))
              for name in ("representation", "position_head", "type_head")}
-    params_rbf30 = count_parameters(build_model(n_rbf=30))
-    equiv = equivariance_error(model)
 
+    gen = torch.Generator().manual_seed(seed + 1)
     x0 = torch.tensor(pt13_clusters(batch, seed), dtype=torch.float32)
     z = torch.full((x0.shape[0],), PT_Z, dtype=torch.long)
-    edges_clean = int(radius_graph(x0, n_per)[0].shape[0])
+
+    def marginal(t: float) -> "torch.Tensor":
+        noise = remove_com(torch.randn(x0.shape, generator=gen), n_per)
+        return x0 + float(sigma(torch.tensor(t))) * noise
+
+    grid = np.linspace(1.0, T_EPS, 500)
+    states = {
+        "late": (marginal(0.05), 0.05),
+        "prior": (remove_com(SIGMA_MAX * torch.randn(x0.shape, generator=gen), n_per), 1.0),
+        "along": [(t, marginal(t)) for t in (1.0, 0.8, 0.6, 0.4, 0.2, 0.05)],
+        "chain_late": marginal(float(grid[-(leak_steps + 1)])),
+    }
+    edges = lambda x: int(radius_graph(x, n_per)[0].shape[0])  # noqa: E731
     out: dict[str, Any] = {
-        "available": True,
+        "available": True, "load_average_start": round(os.getloadavg()[0], 2),
         "framework": f"torch {torch.__version__} (eager, float32)",
         "machine": f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}",
-        "batch": batch, "atoms": int(x0.shape[0]), "edges_clean": edges_clean,
-        "n_rbf": n_rbf, "params": n_params, "params_by_part": parts,
-        "params_n_rbf_30": params_rbf30, "equivariance_error_f64": equiv,
+        "batch": batch, "atoms": int(x0.shape[0]), "edges_clean": edges(x0),
+        "edges_sample_step": edges(states["late"][0]), "edges_prior": edges(states["prior"][0]),
+        "n_rbf": n_rbf, "params": count_parameters(model), "params_by_part": parts,
+        "params_n_rbf_30": count_parameters(build_model(n_rbf=30)),
+        "equivariance_error_f64": equivariance_error(model),
         "repeats": repeats, "issue_reference": ISSUE_REFERENCE,
     }
-
-    # 1. training step
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(seed)
-    train_edges: list[int] = []
-    train = _median_ms(lambda: train_edges.append(train_step(model, opt, x0, z, n_per, gen)[1]), repeats)
-    out["train_step_ms"] = train
-    out["edges_train_mean"] = float(np.mean(train_edges[3:]))
-    out["train_structures_per_s"] = 1e3 * batch / train["median"]
-
-    # 2./3. one reverse step near the data (t on the last part of a 500-step grid: every pair
-    # of a cluster is an edge, the most expensive and the most common late-sampling state)
-    model.eval()
-    t_step, dt = 0.05, (1.0 - T_EPS) / 499
-    gen = torch.Generator().manual_seed(seed + 1)
-    xt = x0 + sigma(torch.tensor(t_step)) * remove_com(torch.randn(x0.shape, generator=gen), n_per)
-    out["edges_sample_step"] = int(radius_graph(xt, n_per)[0].shape[0])
-
-    def nograd():
-        with torch.inference_mode():
-            em_step(model, xt, z, t_step, dt, n_per, gen)
-
-    def autograd_on():
-        em_step(model, xt.clone().requires_grad_(True), z, t_step, dt, n_per, gen)
-
-    out["sample_step_nograd_ms"] = _median_ms(nograd, repeats)
-    out["sample_step_autograd_ms"] = _median_ms(autograd_on, repeats)
-    out["sample_500_steps_s"] = 500 * out["sample_step_nograd_ms"]["median"] / 1e3
-    out["sample_structures_per_s_500_steps"] = batch / out["sample_500_steps_s"]
-    out["sample_500_steps_autograd_s"] = 500 * out["sample_step_autograd_ms"]["median"] / 1e3
-    # first and last steps of a 500-step grid from the prior: edge counts differ (few pairs
-    # of a σ = 8 Å cloud lie within 6 Å), so the step cost depends on where the sampler is
-    xp = remove_com(sigma(torch.tensor(1.0)) * torch.randn(x0.shape, generator=gen), n_per)
-    out["edges_prior"] = int(radius_graph(xp, n_per)[0].shape[0])
-
-    def nograd_prior():
-        with torch.inference_mode():
-            em_step(model, xp, z, 1.0, dt, n_per, gen)
-
-    out["sample_step_nograd_prior_ms"] = _median_ms(nograd_prior, repeats)
+    out.update(_timed_workloads(model, x0, z, states, repeats, seed))
+    if torch.set_flush_denormal(True):
+        out["flushed"] = _timed_workloads(model, x0, z, states, repeats, seed)
+        torch.set_flush_denormal(False)
 
     # memory over chained autograd-on steps: detached control first, then the leaking pattern
+    def autograd_on():
+        em_step(model, states["late"][0].clone().requires_grad_(True), z, 0.05, 0.002, n_per, gen)
+
     out["saved_activation_mb_per_step"] = saved_activation_mb(model, autograd_on)
-    grid_late = np.linspace(1.0, T_EPS, 500)[-(leak_steps + 1):]
-    grid_early = np.linspace(1.0, T_EPS, 500)[: leak_steps + 1]
-    x_late = x0 + float(sigma(torch.tensor(float(grid_late[0])))) * remove_com(
-        torch.randn(x0.shape, generator=gen), n_per)
+    grid_late, grid_early = grid[-(leak_steps + 1):], grid[: leak_steps + 1]
+    x_late, x_prior = states["chain_late"], states["prior"][0]
     out["chain_detached_late"] = _chain_rss(model, x_late, z, n_per, grid_late, True, seed)
     out["chain_carried_late"] = _chain_rss(model, x_late, z, n_per, grid_late, False, seed)
-    out["chain_carried_prior"] = _chain_rss(model, xp, z, n_per, grid_early, False, seed)
+    out["chain_carried_prior"] = _chain_rss(model, x_prior, z, n_per, grid_early, False, seed)
     out["peak_rss_mb"] = _peak_rss_mb()
+    out["load_average_end"] = round(os.getloadavg()[0], 2)
     return out
 
 
@@ -538,44 +581,52 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _fmt(r: dict) -> str:
-    return f"{r['median']:8.1f} ms  (p25 {r['p25']:.1f}, p75 {r['p75']:.1f})"
+def _fmt(r: dict | None) -> str:
+    if r is None:
+        return "n/a"
+    return f"{r['median']:.0f} ({r['p25']:.0f}-{r['p75']:.0f}; cpu {r['cpu_median']:.0f})"
 
 
 def print_report(res: dict) -> None:
     """Print the figures of :func:`run_reference` as a table."""
     ref = res["issue_reference"]
     parts = res["params_by_part"]
-    print(f"{res['framework']} on {res['machine']}")
+    fl = res.get("flushed", {})
+    print(f"{res['framework']} on {res['machine']}; load average {res['load_average_start']} at start, "
+          f"{res['load_average_end']} at end")
     print(f"{res['batch']} x Pt13 = {res['atoms']} atoms; edges: clean {res['edges_clean']}, "
-          f"sampled step {res['edges_sample_step']}, prior (t=1) {res['edges_prior']}, "
-          f"training (mean, t ~ U) {res['edges_train_mean']:.0f}; "
-          f"cutoff {CUTOFF} Å, n_rbf {res['n_rbf']}")
+          f"timed sampling step {res['edges_sample_step']}, prior (t=1) {res['edges_prior']}, "
+          f"training (mean, t ~ U) {res['edges_train_mean']:.0f}; cutoff {CUTOFF} Å, n_rbf {res['n_rbf']}")
     print(f"parameters: {res['params']:,} (representation {parts['representation']:,}, positions head "
-          f"{parts['position_head']:,}, type head {parts['type_head']:,}); "
+          f"{parts['position_head']:,}, type head {parts['type_head']:,}) = "
           f"{100 * res['params'] / 180e3:.1f} % of 180 k; with n_rbf 30: {res['params_n_rbf_30']:,}")
     e = res["equivariance_error_f64"]
     print(f"self-check (float64): rotation error of ε̂ {e['vector']:.1e} (scale {e['vector_scale']:.1e}), "
           f"of type logits {e['scalar']:.1e}")
-    print(f"median of {res['repeats']} after 3 warm-up calls")
+    print(f"ms per call: median (quartiles; process CPU ms) of {res['repeats']} after 3 warm-up calls")
     rows = [
-        ("training step", _fmt(res["train_step_ms"]), f"{res['train_structures_per_s']:.0f} str/s",
-         f"{ref['train_step_ms'][0]:.0f}-{ref['train_step_ms'][1]:.0f} ms"),
-        ("EM step, inference_mode", _fmt(res["sample_step_nograd_ms"]), "",
-         f"{ref['sample_step_nograd_ms'][0]:.0f}-{ref['sample_step_nograd_ms'][1]:.0f} ms"),
-        ("EM step, inference, t=1", _fmt(res["sample_step_nograd_prior_ms"]), "", ""),
-        ("EM step, autograd on", _fmt(res["sample_step_autograd_ms"]), "",
-         f"{ref['sample_step_autograd_ms'][0]:.0f}-{ref['sample_step_autograd_ms'][1]:.0f} ms"),
+        ("training step", "train_step_ms", "train_step_ms"),
+        ("EM step, inference_mode", "sample_step_nograd_ms", "sample_step_nograd_ms"),
+        ("EM step, inference, t=1", "sample_step_nograd_prior_ms", None),
+        ("EM step, autograd on", "sample_step_autograd_ms", "sample_step_autograd_ms"),
     ]
-    print(f"{'workload':26s} {'this machine':>38s} {'throughput':>12s} {'issue quotes':>14s}")
-    for name, t, thr, q in rows:
-        print(f"{name:26s} {t:>38s} {thr:>12s} {q:>14s}")
-    print(f"500 EM steps (inference_mode, extrapolated): {res['sample_500_steps_s']:.1f} s = "
-          f"{res['sample_structures_per_s_500_steps']:.2f} structures/s; with autograd on "
-          f"{res['sample_500_steps_autograd_s']:.1f} s")
+    print(f"{'workload':24s} {'as the original':>30s} {'denormals flushed':>30s} {'issue quotes':>13s}")
+    for name, key, ref_key in rows:
+        q = f"{ref[ref_key][0]:.0f}-{ref[ref_key][1]:.0f}" if ref_key else ""
+        print(f"{name:24s} {_fmt(res[key]):>30s} {_fmt(fl.get(key)):>30s} {q:>13s}")
+    for label, r in (("as the original", res), ("denormals flushed", fl)):
+        if not r:
+            continue
+        steps = ", ".join(f"{a['t']:g}: {a['ms']:.0f}" for a in r["sample_step_nograd_along_t"])
+        print(f"{label}: training {r['train_structures_per_s']:.0f} structures/s; inference step (ms) at "
+              f"t = {steps}; 500 steps ≈ {r['sample_500_steps_s_along_t']:.0f} s "
+              f"({r['sample_structures_per_s_500_steps']:.2f} structures/s; late-step cost x 500: "
+              f"{r['sample_500_steps_s']:.0f} s, with autograd on {r['sample_500_steps_autograd_s']:.0f} s)")
+    edges = ", ".join(f"{a['t']:g}: {a['edges']}" for a in res["sample_step_nograd_along_t"])
+    print(f"edges at t = {edges}")
     print(f"autograd saves {res['saved_activation_mb_per_step']:.1f} MB of activations per step")
-    for key, what in (("chain_detached_late", "detached each step (control), late steps"),
-                      ("chain_carried_late", "output carried without detach, late steps"),
+    for key, what in (("chain_detached_late", "detached each step (control), last steps"),
+                      ("chain_carried_late", "output carried without detach, last steps"),
                       ("chain_carried_prior", "output carried without detach, first steps")):
         c = res[key]
         print(f"{c['steps']} chained autograd-on steps, {what}: RSS +{c['growth_mb']:.0f} MB "

@@ -70,7 +70,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from . import losses
 from .batching import BatchStream
 from .graph import MASK, AtomsBatch, Bucket, EncodedStructure, atoms_from_batch, bucket_for, collate
-from .sde import free_atoms
+from .sde import check_batch, free_atoms
 
 if TYPE_CHECKING:  # the network stack (e3nn, flax) is imported only when a model is used
     from .model import DiffusionModel, TrainState
@@ -694,6 +694,9 @@ def sample_sharded(
     out: list = []
     for bi, (idx, ps) in enumerate(zip(batches, parts)):
         stacked = stack_shards([[encoded[i] for i in p] for p in ps], bucket, mine)
+        if model.sde is not None:  # as sample_atoms: VP on a periodic template is an error, not NaN
+            for shard in unstack(stacked):
+                check_batch(model.sde, shard)
         gen_mask = np.zeros(bucket.n_graph, bool)
         gen_mask[: len(idx)] = [gen[i] for i in idx]
         gen_mask = np.broadcast_to(gen_mask, (len(mine), bucket.n_graph)).copy()

@@ -499,9 +499,9 @@ def run_reference(repeats: int = 20, batch: int = 64, threads: int = 2, n_rbf: i
     """Time the reference workloads on ``batch`` Pt13 clusters and return the figures.
 
     The timed workloads run twice: as the original runs (float32 denormals not flushed: the
-    top-level figures) and with ``torch.set_flush_denormal(True)`` (under ``"flushed"``).
-    Gaussian-basis tails and cutoff-weighted messages underflow into denormals, which x86
-    CPUs process in microcode, so flushing changes the figures a lot.
+    top-level figures) and with ``torch.set_flush_denormal(True)`` (under ``"flushed"``):
+    the tails of the Gaussian basis underflow into denormals (about 3 % of its entries), which
+    can be slow on x86, and XLA's CPU backend flushes them, so both are worth seeing.
 
     Args:
       repeats: timed calls per workload (median reported; 3 untimed warm-up calls first).

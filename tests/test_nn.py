@@ -1,5 +1,6 @@
 """Tests of the score networks (agedi_jax.nn): symmetry, padding, periodicity, safety,
-trainability and conditioning, for both NequIP and PaiNN.
+trainability and conditioning, for both NequIP and PaiNN, and of their global inputs
+(pooled context, log N, centre-of-mass vectors) and equivariant normalisation.
 
 Compile time dominates on CPU, so every network is built once per module at a small size,
 and all tests share a handful of batch shapes (one cluster bucket, one larger padded
@@ -22,6 +23,8 @@ from scipy.spatial.transform import Rotation
 from agedi_jax.graph import AtomsBatch, Bucket, TypeVocab, batch_from_atoms, edge_vectors, remove_com
 from agedi_jax.nn import NETWORKS, NetworkConfig, PaiNN, average_num_neighbors, make_network
 from agedi_jax.nn.common import bessel_basis, polynomial_envelope, unit_vectors
+from agedi_jax.nn.context import GlobalContext, com_features, graph_size_features
+from agedi_jax.nn.norms import IrrepsNorm, VectorNorm
 
 CUTOFF = 4.0
 VOCAB = TypeVocab(("Cu", "Pt"))
@@ -446,6 +449,224 @@ def test_type_weights(net, cluster_batch, cluster_out):
         w[:2] = pure
         o = net.apply_tw(net.params, cluster_batch, T, cluster_batch.label, w)
         assert np.abs(np.asarray(o.types)[:2] - np.asarray(out_mix.types)[:2]).max() > 1e-4
+
+
+# --------------------------------------------------------------------------------------
+# Global inputs: pooled context, graph size, centre-of-mass vectors
+# --------------------------------------------------------------------------------------
+
+SCALES = (1.0, 3.0, 10.0)
+
+
+def _com_oracle(positions, axes, scales=SCALES):
+    d = np.where(axes, positions - positions.mean(0), 0.0)
+    d2 = (d**2).sum(1, keepdims=True)
+    l2 = np.asarray(scales) ** 2
+    return d2 / (d2 + l2), d[:, :, None] / np.sqrt(d2 + l2)[:, None, :]
+
+
+def test_com_features_oracle_zero_on_periodic_axes_and_fixed_graphs():
+    sheet, bulk = _periodic()
+    structures = [CLUSTERS[0], CLUSTERS[1], sheet, bulk]
+    fixed = [np.zeros(5, bool), np.array([False, True, False, False]), np.zeros(2, bool), np.zeros(3, bool)]
+    axes = [np.ones(3, bool), np.zeros(3, bool), np.array([False, False, True]), np.zeros(3, bool)]
+    with jax.enable_x64(True):
+        b = batch_from_atoms(structures, VOCAB, CUTOFF, fixed=fixed)
+        s, v = com_features(jax.tree.map(jnp.asarray, b), jnp.asarray(b.positions), SCALES)
+        s, v = np.asarray(s), np.asarray(v)
+        start = 0
+        for at, ax in zip(structures, axes):
+            sl = slice(start, start + len(at))
+            es, ev = _com_oracle(at.positions, ax)
+            np.testing.assert_allclose(s[sl], es, atol=1e-12, err_msg=at.get_chemical_formula())
+            np.testing.assert_allclose(v[sl], ev, atol=1e-12, err_msg=at.get_chemical_formula())
+            start += len(at)
+        # cluster: non-trivial; sheet: only z; bulk and the pinned cluster: nothing
+        assert np.abs(v[:5]).min(axis=(0, 2)).max() > 0
+        assert np.all(v[9:11, :2] == 0) and np.abs(v[9:11, 2]).max() > 0.01
+        assert np.all(v[5:9] == 0) and np.all(v[11:] == 0) and np.all(s[11:] == 0)
+        assert np.all(np.linalg.norm(v, axis=1) < 1) and np.all((0 <= s) & (s < 1))
+
+
+def test_com_features_symmetries_and_padding():
+    rot = Rotation.random(random_state=4).as_matrix()
+    with jax.enable_x64(True):
+        b = jax.tree.map(jnp.asarray, _batch(CLUSTERS, CLUSTER_BUCKET))
+        s, v = com_features(b, b.positions, SCALES)
+        real = np.asarray(b.node_mask)
+        # rotation (and inversion) about any point: vectors rotate, scalars are invariant
+        for m in (rot, -rot):
+            moved = b.positions @ m.T + jnp.array([1.0, -4.0, 2.5])
+            s2, v2 = com_features(b, moved, SCALES)
+            np.testing.assert_allclose(s2[real], s[real], atol=1e-12)
+            np.testing.assert_allclose(v2[real], np.einsum("ij,njk->nik", m, v)[real], atol=1e-12)
+        # a permutation inside a graph permutes the rows
+        perm = np.array([3, 0, 4, 1, 2] + list(range(5, 12)))
+        s3, v3 = com_features(b, b.positions[perm], SCALES)
+        np.testing.assert_allclose(v3[real], np.asarray(v)[perm][real], atol=1e-12)
+        # garbage padding atoms and more padding graphs change nothing
+        big = jax.tree.map(jnp.asarray, _batch(CLUSTERS, BIG_BUCKET))
+        pos = big.positions.at[9:].set(1e3)
+        s4, v4 = com_features(big, pos, SCALES)
+        np.testing.assert_allclose(v4[:9], v[:9], atol=1e-12)
+        assert np.all(np.asarray(v4)[9:] == 0) and np.all(np.asarray(s4)[9:] == 0)
+    with pytest.raises(ValueError, match="com scales"):
+        com_features(b, b.positions, (1.0, -2.0))
+    with pytest.raises(ValueError, match="com_scales"):
+        make_network("painn", num_types=2, com_scales=()).init(jax.random.PRNGKey(0), b, T)
+
+
+def test_global_context_pooling_is_padding_and_permutation_invariant(cluster_batch):
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(CLUSTER_BUCKET.n_node, 6)).astype(np.float32)
+    module = GlobalContext(8)
+    params = module.init(jax.random.PRNGKey(0), cluster_batch, s)
+    apply = jax.jit(module.apply)
+    out = np.asarray(apply(params, cluster_batch, s))
+    real = np.asarray(cluster_batch.node_mask)
+    gi = np.asarray(cluster_batch.graph_index)
+    for g in (0, 1):  # one context per graph, broadcast to its atoms
+        rows = out[real & (gi == g)]
+        np.testing.assert_allclose(rows, np.broadcast_to(rows[0], rows.shape), rtol=1e-6)
+    assert np.abs(out[0] - out[5]).max() > 1e-3, "the two graphs get the same context"
+    # the features of padding atoms do not enter the mean
+    s_pad = s.copy()
+    s_pad[~real] = 1e6
+    np.testing.assert_allclose(apply(params, cluster_batch, s_pad)[real], out[real], rtol=1e-5, atol=1e-6)
+    # permuting the atoms of graph 0 leaves every context unchanged
+    perm = np.array([3, 0, 4, 1, 2] + list(range(5, CLUSTER_BUCKET.n_node)))
+    np.testing.assert_allclose(apply(params, cluster_batch, s[perm])[real], out[real], rtol=1e-5, atol=1e-6)
+    # another bucket (more padding atoms and graphs, garbage in them): the same contexts
+    big = _batch(CLUSTERS, BIG_BUCKET, LABELS)
+    s_big = rng.normal(size=(BIG_BUCKET.n_node, 6)).astype(np.float32) * 100
+    s_big[:9] = s[:9]
+    np.testing.assert_allclose(apply(params, big, s_big)[:9], out[:9], rtol=1e-5, atol=1e-6)
+    # log N from the node mask, 0 for padding slots
+    np.testing.assert_allclose(graph_size_features(jax.tree.map(jnp.asarray, big))[:, 0],
+                               [np.log(5), np.log(4), 0, 0, 0, 0], rtol=1e-6)
+
+
+def _with_isolated_atom(symbols: str) -> AtomsBatch:
+    """Graph 0: three bonded atoms of ``symbols`` and a Cu atom 6.5 Å from all of them
+    (beyond the cutoff); graph 1: a cluster."""
+    g0 = Atoms(symbols + "Cu", positions=[[0, 0, 0], [2.5, 0, 0], [1.25, 2.1, 0], [9.0, 0, 0]])
+    return _batch([g0, CLUSTERS[1]], CLUSTER_BUCKET, LABELS)
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_global_context_reaches_isolated_atoms(name):
+    """At high noise the graph falls apart; an isolated atom must still see its structure's
+    composition (through the pooled context), and only through it."""
+    cu, pt = _with_isolated_atom("Cu3"), _with_isolated_atom("Pt3")
+    iso = 3
+    for context in (True, False):
+        model = make_network(name, num_types=2, num_labels=NUM_LABELS, cutoff=CUTOFF,
+                             avg_num_neighbors=3.0, global_context=context, **SMALL[name])
+        params = jax.jit(model.init)(jax.random.PRNGKey(1), cu, T, cu.label)
+        apply = jax.jit(model.apply)
+        a, b = apply(params, cu, T, cu.label), apply(params, pt, T, pt.label)
+        diff_types = np.abs(np.asarray(a.types)[iso] - np.asarray(b.types)[iso]).max()
+        diff_pos = np.abs(np.asarray(a.positions)[iso] - np.asarray(b.positions)[iso]).max()
+        if context:
+            assert diff_types > 1e-3 and diff_pos > 1e-5, (diff_types, diff_pos)
+        else:
+            # positions: the zero-CoM projection mixes the outputs of the graph's atoms
+            assert diff_types < 1e-6, diff_types
+        # the other graph never notices
+        np.testing.assert_allclose(np.asarray(a.types)[4:8], np.asarray(b.types)[4:8], rtol=1e-6, atol=1e-7)
+
+
+# --------------------------------------------------------------------------------------
+# Normalisation and stability
+# --------------------------------------------------------------------------------------
+
+
+def test_norms_are_equivariant_bounded_and_smooth():
+    import e3nn_jax as e3nn
+
+    rot = Rotation.random(random_state=5).as_matrix()
+    with jax.enable_x64(True):
+        key = jax.random.PRNGKey(0)
+        x = e3nn.normal("4x0e + 3x1o + 2x2e", key, (7,)) * 50.0
+        norm = IrrepsNorm(eps=1.0)
+        params = norm.init(key, x)
+        y = norm.apply(params, x)
+        assert y.irreps == x.irreps
+        for m in (rot, -rot):
+            np.testing.assert_allclose(norm.apply(params, x.transform_by_matrix(m)).array,
+                                       y.transform_by_matrix(m).array, atol=1e-10)
+        sc = y.filter(keep="0e").array
+        np.testing.assert_allclose(sc.mean(-1), 0, atol=1e-8)
+        np.testing.assert_allclose(sc.std(-1), 1, rtol=1e-3)
+        for ir in ("1o", "2e"):  # large inputs are scaled to unit RMS per atom
+            np.testing.assert_allclose(np.sqrt((y.filter(keep=ir).array ** 2).mean(-1)), 1, rtol=1e-3)
+
+        v = jnp.asarray(np.random.default_rng(0).normal(size=(7, 3, 5))) * 50.0
+        vnorm = VectorNorm(eps=1.0)
+        p = vnorm.init(key, v)
+        out = vnorm.apply(p, v)
+        for m in (rot, -rot):
+            np.testing.assert_allclose(vnorm.apply(p, jnp.einsum("ij,njf->nif", m, v)),
+                                       jnp.einsum("ij,njf->nif", m, out), atol=1e-10)
+        np.testing.assert_allclose(jnp.mean(jnp.sum(out**2, axis=1), axis=-1), 1.0, rtol=1e-3)
+        # soft near zero: tiny vectors pass almost unchanged, the map is smooth at v = 0
+        np.testing.assert_allclose(vnorm.apply(p, v * 1e-6), v * 1e-6, rtol=1e-5)
+        jac = jax.jacobian(lambda z: vnorm.apply(p, z))(jnp.zeros((1, 3, 5)))
+        assert np.all(np.isfinite(jac)) and np.abs(jac).max() <= 1.0 + 1e-12
+
+
+def _close_contacts(batch: AtomsBatch, count: int, seed: int) -> list[AtomsBatch]:
+    """Noisy copies of the cluster batch with atoms 0.03–0.3 Å apart in both graphs."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        pos = np.asarray(batch.positions).copy()
+        pos[:9] += rng.normal(scale=rng.uniform(0.2, 1.5), size=(9, 3))
+        for i, j in ((0, 1), (2, 3), (5, 6)):
+            u = rng.normal(size=3)
+            pos[j] = pos[i] + rng.uniform(0.03, 0.3) * u / np.linalg.norm(u)
+        out.append(batch._replace(positions=pos))
+    return out
+
+
+def test_normalisation_bounds_outputs_at_close_contacts(net, cluster_batch):
+    """Parameters × 3 and nearly coincident atoms: the output stays finite and modest. The
+    unnormalised PaiNN, by contrast, overflows (the training loss spikes of 1e8 seen before)."""
+    batches = _close_contacts(cluster_batch, 4, 0)
+    big = jax.tree.map(lambda x: 3.0 * x, net.params)
+    for b in batches:
+        out = net.apply(big, b, T, b.label)
+        for field in (out.positions, out.types):
+            assert np.all(np.isfinite(field)) and np.abs(field).max() < 1e3, np.abs(field).max()
+    if net.name == "painn":
+        raw = make_network("painn", num_types=2, num_labels=NUM_LABELS, cutoff=CUTOFF,
+                           avg_num_neighbors=3.0, normalize=False, **SMALL["painn"])
+        params = jax.tree.map(lambda x: 3.0 * x, jax.jit(raw.init)(jax.random.PRNGKey(0), batches[0], T, cluster_batch.label))
+        out = jax.jit(raw.apply)(params, batches[0], T, cluster_batch.label)
+        worst = np.abs(np.asarray(out.positions)).max()
+        assert not np.isfinite(worst) or worst > 1e5, worst
+
+
+def test_short_training_with_close_contacts_stays_order_one(net, cluster_batch):
+    """A few hundred Adam steps (large learning rate) on noisy configurations with close
+    contacts and unit-variance targets: the outputs stay O(1) on unseen close contacts."""
+    train = _close_contacts(cluster_batch, 8, 1)
+    targets = [_targets(b, 10 + k) for k, b in enumerate(train)]
+    opt = optax.adam(1e-2)
+    update = jax.jit(lambda g, s, p: opt.update(g, s, p))
+    params, state = net.params, opt.init(net.params)
+    losses = []
+    for step in range(200):
+        k = step % len(train)
+        loss, gp, _ = net.loss_grads(params, train[k], T, cluster_batch.label, *targets[k])
+        updates, state = update(gp, state, params)
+        params = optax.apply_updates(params, updates)
+        losses.append(float(loss))
+    assert np.all(np.isfinite(losses)) and max(losses) < 20, max(losses)
+    for b in _close_contacts(cluster_batch, 4, 2):
+        out = net.apply(params, b, T, b.label)
+        worst = max(np.abs(_real(b, out.positions)).max(), np.abs(_real(b, out.types)).max())
+        assert worst < 10, worst
 
 
 # --------------------------------------------------------------------------------------

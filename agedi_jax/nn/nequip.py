@@ -17,7 +17,8 @@ Global inputs and stability (each a field, on by default; :mod:`agedi_jax.nn.con
 :mod:`agedi_jax.nn.norms`):
 
 * ``normalize``: step 0, ``x ← IrrepsNorm(x)`` (layer norm of ``0e``, soft RMS norm of
-  ``l ≥ 1``), so every layer reads inputs of bounded size;
+  ``l ≥ 1``), and the same before the heads, so every layer and head reads inputs of
+  bounded size;
 * ``global_context``: ``log N`` joins the condition, and after step 1 the scalar channels
   get ``MLP(mean_{j ∈ graph(i)} x_j^{0e})`` (a virtual node): atoms isolated at high noise
   still see the size and composition of their structure;
@@ -287,6 +288,8 @@ class NequIP(nn.Module):
             )(batch, x, cond_n, sh, radial, envelope, edges.mask, batch.senders, batch.receivers,
               type_weights)
 
+        if self.normalize:
+            x = IrrepsNorm(self.norm_eps, name="norm_out")(x)
         pos = typ = None
         if self.position_head:
             pos = e3nn.flax.Linear("1x1o", force_irreps_out=True, name="position_head")(x).array

@@ -23,8 +23,9 @@ Global inputs (:mod:`agedi_jax.nn.context`; each can be switched off):
 
 Stability (``normalize``, :mod:`agedi_jax.nn.norms`): every message and update block reads
 pre-normalised inputs (layer norm on ``s``, soft RMS norm on ``v``) and the heads read
-normalised final features, so each residual update is bounded whatever the geometry (two
-nearly coincident atoms no longer blow the output up).
+normalised final features (and the second gated block of the position head reads
+normalised outputs of the first), so each residual update is bounded whatever the geometry
+(two nearly coincident atoms no longer blow the output up).
 
 Heads: two gated equivariant blocks → one vector per atom (positions) and an MLP on
 ``[s, cond]`` → K type log-scores. Differences from the original: a Bessel basis with a
@@ -247,6 +248,7 @@ class PaiNN(nn.Module):
         pos = typ = None
         if self.position_head:
             hs, hv = GatedEquivariantBlock(f // 2, f // 2, f, name="position_block_0")(s, v)
+            hs, hv = norm(hs, hv, "position")
             _, out = GatedEquivariantBlock(0, 1, f // 2, activate_scalars=False,
                                            name="position_block_1")(hs, hv)
             pos = out[:, :, 0]

@@ -255,6 +255,21 @@ def init_state(model: DiffusionModel, key: Array, example: AtomsBatch) -> TrainS
     return TrainState(jnp.zeros((), jnp.int32), params, opt_state, ema)
 
 
+def apply_gradients(model: DiffusionModel, state: TrainState, grads: Any) -> TrainState:
+    """One optimiser update of ``state`` with ``grads`` and the EMA update (pure).
+
+    The EMA decay warms up as ``min(decay, (1 + step)/(10 + step))`` so that early
+    averages are not dominated by the initialisation."""
+    optimizer = make_optimizer(model.config)
+    decay = model.config.train.ema_decay
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step = state.step + 1
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step)) if decay > 0 else 0.0
+    ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
+    return TrainState(step, params, opt_state, ema)
+
+
 _COMPILED: dict = {}
 
 
@@ -284,8 +299,6 @@ def make_train_step(model: DiffusionModel, jit: bool = True):
     """
     if jit:
         return _cached("train", model, lambda: jax.jit(make_train_step(model, jit=False), donate_argnums=0))
-    optimizer = make_optimizer(model.config)
-    decay = model.config.train.ema_decay
     loss_config = model.loss_config
 
     def train_step(state: TrainState, batch: AtomsBatch, key: Array):
@@ -295,14 +308,7 @@ def make_train_step(model: DiffusionModel, jit: bool = True):
             return losses.joint_loss(params, model.apply, batch, key, loss_config)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        # EMA with a warm-up so early averages are not dominated by the initialisation.
-        step = state.step + 1
-        d = jnp.minimum(decay, (1.0 + step) / (10.0 + step)) if decay > 0 else 0.0
-        ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
-        return TrainState(step, params, opt_state, ema), metrics
+        return apply_gradients(model, state, grads), dict(metrics, grad_norm=optax.tree.norm(grads))
 
     return train_step
 

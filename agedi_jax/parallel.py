@@ -505,23 +505,15 @@ def make_parallel_train_step(model: DiffusionModel, mesh: Mesh, *, jit: bool = T
     ``loss_types`` of the union and ``grad_norm``. Jitted with the state donated unless
     ``jit=False``.
     """
-    from .model import TrainState, make_optimizer
+    from .model import TrainState, apply_gradients
 
-    optimizer = make_optimizer(model.config)
-    decay = model.config.train.ema_decay
     grad_fn = make_parallel_grad_fn(model, mesh, jit=False)
 
     def step(state: TrainState, batch: AtomsBatch, key: Array):
         _check_stacked(batch, mesh, "parallel train step")
         g, metrics = grad_fn(state.params, batch, key)
         # The update of model.make_train_step, on the global gradients.
-        updates, opt_state = optimizer.update(g, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_step = state.step + 1
-        d = jnp.minimum(decay, (1.0 + new_step) / (10.0 + new_step)) if decay > 0 else 0.0
-        ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
-        metrics = dict(metrics, grad_norm=optax.global_norm(g))
-        return TrainState(new_step, params, opt_state, ema), metrics
+        return apply_gradients(model, state, g), dict(metrics, grad_norm=optax.tree.norm(g))
 
     return jax.jit(step, donate_argnums=0) if jit else step
 

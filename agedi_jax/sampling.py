@@ -189,7 +189,9 @@ def make_sampler(
     cfg = config or model.config
     from .model import compute_key
 
-    cache_key = (compute_key(model), guided, interpolate, cfg.sample, cfg.process)
+    # the seed and batch size do not change the compiled code (the bucket is a jit shape)
+    sample_key = dataclasses.replace(cfg.sample, seed=0, batch_size=1)
+    cache_key = (compute_key(model), guided, interpolate, sample_key, cfg.process)
     if cache_key not in _SAMPLERS:
         if len(_SAMPLERS) > 16:
             _SAMPLERS.clear()

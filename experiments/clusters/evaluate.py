@@ -1,0 +1,193 @@
+"""Evaluate the cluster models against their training data (paper Fig. 4b, 4c and the
+"only mono-metallic clusters are sampled" claim of Sec. III A).
+
+    python experiments/clusters/evaluate.py --budget cpu            # both subsets
+    python experiments/clusters/evaluate.py --budget cpu --subset gm
+
+For each subset with samples (``sample.py``) and for three feature protocols:
+
+* ``paper``: species-resolved SOAP averaged over atoms, k-means with 20 clusters, 10 runs
+  (Sajjadi et al. defaults; the paper's protocol);
+* ``agnostic``: the same with element-agnostic SOAP (geometry only), 20 clusters;
+* ``agnostic100``: element-agnostic SOAP with 100 clusters (finer bins);
+
+PRD curves of the samples and of the synthetic baselines (100 % and 50 % subsamples of the
+reference, σ = 0, 0.05, 0.1, 0.2, 0.3 Å position noise) against the reference, their AUC;
+validity (minimum distance, connectivity), the mono-element fraction; t-SNE of reference and
+samples (paper protocol features). Writes ``results/<budget>/fig4.json``, ``prd_<protocol>.png``,
+``tsne.png``, ``min_distance.png`` and per-run details under ``results/<budget>/eval/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import settings  # noqa: E402
+
+PROTOCOLS = {
+    "paper": dict(element_agnostic=False, num_clusters=20),
+    "agnostic": dict(element_agnostic=True, num_clusters=20),
+    "agnostic100": dict(element_agnostic=True, num_clusters=100),
+}
+TITLES = {"gm": "GM (N < 30)", "de200": "ΔE < 200 meV"}
+
+
+def load_pair(budget: str, subset: str, results: Path):
+    """(samples, reference, sampling metadata) of one subset."""
+    from ase.io import read
+
+    from agedi_jax.checkpoint import load_config_and_vocab
+    from agedi_jax.sampling import checkpoint_dir
+
+    meta = json.loads((results / f"samples_{subset}.json").read_text())
+    samples = read(results / f"samples_{subset}.extxyz", ":")
+    for a in samples:
+        a.pbc = False
+    config, _, _ = load_config_and_vocab(checkpoint_dir(meta["run"]))
+    reference = settings.reference_set(config, meta["max_reference"])
+    if sorted(map(len, samples)) != sorted(map(len, reference)):
+        raise ValueError(f"{subset}: samples and reference differ in their atom counts; rerun sample.py")
+    return samples, reference, meta
+
+
+def training_summary(run: Path) -> dict:
+    """Steps, wall time (from the logged rates) and the last losses of a run."""
+    from agedi_jax.metrics import read_metrics
+
+    recs = read_metrics(run / "metrics.jsonl")
+    train = [r for r in recs if r["split"] == "train"]
+    val = [r for r in recs if r["split"] == "val"]
+    wall = 0.0
+    prev = 0
+    for r in train:
+        wall += (r["step"] - prev) / max(r["steps_per_s"], 1e-9)
+        prev = r["step"]
+    last = lambda rs: {k: round(float(v), 4) for k, v in rs[-1].items() if k.startswith("loss")} if rs else {}
+    best = min(val, key=lambda r: r["loss"]) if val else None
+    return dict(steps=train[-1]["step"] if train else 0, train_wall_s=round(wall), last_train=last(train),
+                last_val=last(val), best_val_step=best["step"] if best else None,
+                best_val_loss=round(best["loss"], 4) if best else None)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--budget", choices=settings.BUDGETS, default="cpu")
+    ap.add_argument("--subset", choices=settings.SUBSETS, nargs="+", default=list(settings.SUBSETS))
+    ap.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=list(PROTOCOLS))
+    ap.add_argument("--results", type=Path, default=None, help="default results/<budget>")
+    ap.add_argument("--quick", action="store_true", help="2 k-means runs, no t-SNE")
+    args = ap.parse_args(argv)
+
+    from agedi_jax.evaluation import evaluate
+    from agedi_jax.evaluation.plots import _pyplot, plot_prd_curves
+
+    results = args.results or settings.results_dir(args.budget)
+    plt = _pyplot()
+    summary_path = results / "fig4.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    curves: dict = {}
+    tsne_maps: dict = {}
+    min_dist: dict = {}
+    for subset in args.subset:
+        if not (results / f"samples_{subset}.json").exists():
+            print(f"no samples for {subset} in {results}; skipped", flush=True)
+            continue
+        samples, reference, meta = load_pair(args.budget, subset, results)
+        entry: dict = dict(sampling=meta, training=training_summary(Path(meta["run"])),
+                           n_samples=len(samples), n_reference=len(reference), prd={})
+        curves[subset] = {}
+        for name in args.protocols:
+            proto = dict(PROTOCOLS[name])
+            if args.quick:  # tiny smoke sets cannot hold 100 k-means clusters
+                proto["num_clusters"] = min(proto["num_clusters"], (len(samples) + len(reference)) // 4)
+            t0 = time.perf_counter()
+            do_tsne = name == "paper" and not args.quick
+            res = evaluate(samples, reference, results / "eval" / f"{subset}_{name}",
+                           num_runs=2 if args.quick else 10, tsne=do_tsne, plots=True,
+                           sample_name="AGeDi", **proto)
+            dt = time.perf_counter() - t0
+            print(f"{subset} {name}: " + ", ".join(f"{k} {v['auc']:.3f}" for k, v in res["prd"].items())
+                  + f"  ({dt:.0f} s)", flush=True)
+            entry["prd"][name] = dict(protocol=proto, auc={k: round(v["auc"], 4) for k, v in res["prd"].items()},
+                                      f8={k: round(v["f_beta"], 4) for k, v in res["prd"].items()},
+                                      f1_8={k: round(v["f_beta_inv"], 4) for k, v in res["prd"].items()},
+                                      seconds=round(dt))
+            curves[subset][name] = res["curves"]
+            if name == "paper":
+                entry["validity"] = res["validity"]
+                entry["validity_reference"] = res["validity_reference"]
+                comp = res["composition"]
+                entry["composition"] = dict(
+                    fraction_monoelement=comp["fraction_monoelement"],
+                    fraction_monoelement_reference=res["composition_reference"]["fraction_monoelement"],
+                    n_elements_sampled=len(comp["element_structure_counts"]),
+                    n_elements_reference=len(res["composition_reference"]["element_structure_counts"]),
+                    element_structure_counts=comp["element_structure_counts"],
+                    top_formulas=comp["top_formulas"],
+                )
+        from agedi_jax.evaluation.validity import validity
+
+        min_dist[subset] = (np.asarray(validity(reference)["min_distance"]), np.asarray(validity(samples)["min_distance"]))
+        mixed = [a.get_chemical_formula() for a in samples if len(set(a.get_chemical_symbols())) > 1]
+        entry.setdefault("composition", {})["mixed_examples"] = mixed[:20]
+        if not args.quick:
+            from agedi_jax.evaluation import soap_features, species_of, tsne_map
+
+            species = species_of(samples, reference)
+            f_ref = soap_features(reference, species=species, sparse=True)
+            f_s = soap_features(samples, species=species, sparse=True)
+            tsne_maps[subset] = tsne_map(f_ref, f_s, seed=0)
+        summary[subset] = entry
+
+    # Figures: PRD per protocol (one panel per model), t-SNE, minimum distances.
+    for name in args.protocols:
+        subsets = [s for s in curves if name in curves[s]]
+        if not subsets:
+            continue
+        fig, axes = plt.subplots(1, len(subsets), figsize=(5.2 * len(subsets), 5.2), squeeze=False)
+        for ax, subset in zip(axes[0], subsets):
+            c = curves[subset][name]
+            plot_prd_curves({"AGeDi": c["AGeDi"]}, baselines={k: v for k, v in c.items() if k != "AGeDi"}, ax=ax,
+                            title=f"{TITLES[subset]} — {name} SOAP")
+        fig.tight_layout()
+        fig.savefig(results / f"prd_{name}.png", dpi=110)
+        plt.close(fig)
+    if tsne_maps:
+        fig, axes = plt.subplots(1, len(tsne_maps), figsize=(5 * len(tsne_maps), 5), squeeze=False)
+        for ax, (subset, (e_ref, e_s)) in zip(axes[0], tsne_maps.items()):
+            ax.scatter(e_ref[:, 0], e_ref[:, 1], s=5, alpha=0.6, label=f"training data ({len(e_ref)})")
+            ax.scatter(e_s[:, 0], e_s[:, 1], s=5, alpha=0.6, label=f"AGeDi samples ({len(e_s)})")
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"{TITLES[subset]}: t-SNE of SOAP")
+            ax.legend(fontsize=8, markerscale=2, frameon=False)
+        fig.tight_layout()
+        fig.savefig(results / "tsne.png", dpi=110)
+        plt.close(fig)
+    if min_dist:
+        fig, axes = plt.subplots(1, len(min_dist), figsize=(5 * len(min_dist), 3.5), squeeze=False)
+        for ax, (subset, (d_ref, d_s)) in zip(axes[0], min_dist.items()):
+            bins = np.linspace(0, max(4.0, float(np.nanmax(d_ref))), 60)
+            ax.hist(np.clip(d_ref, 0, bins[-1]), bins=bins, alpha=0.5, label="training data")
+            ax.hist(np.clip(d_s, 0, bins[-1]), bins=bins, alpha=0.5, label="AGeDi samples")
+            ax.set_xlabel("shortest interatomic distance (Å)")
+            ax.set_title(TITLES[subset])
+            ax.legend(fontsize=8, frameon=False)
+        fig.tight_layout()
+        fig.savefig(results / "min_distance.png", dpi=110)
+        plt.close(fig)
+    results.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(summary, indent=2))
+    print(f"wrote {summary_path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -370,9 +370,24 @@ def saved_activation_mb(model, fn: Callable[[], Any]) -> float:
     return sum(seen.values()) / 2**20
 
 
+def _keep_heap() -> bool:
+    """Ask glibc to serve large allocations from its heap and not to trim it (1 GiB
+    thresholds), so that timed calls reuse memory instead of re-faulting pages the host
+    reclaimed. Returns whether both settings took effect (False off glibc)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def _release_memory() -> None:
     """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so that
-    a later RSS reading is not hidden by memory an earlier measurement freed but malloc kept."""
+    a later RSS reading is not hidden by memory an earlier measurement freed but malloc kept.
+    Used only around the memory chains, which run after the timed workloads."""
     gc.collect()
     try:
         import ctypes
@@ -495,13 +510,15 @@ def _timed_workloads(model, x0, z, states: dict, repeats: int, seed: int) -> dic
 
 
 def run_reference(repeats: int = 20, batch: int = 64, threads: int = 2, n_rbf: int = 20,
-                  leak_steps: int = 35, seed: int = 0) -> dict:
+                  leak_steps: int = 35, seed: int = 0, keep_heap: bool = True) -> dict:
     """Time the reference workloads on ``batch`` Pt13 clusters and return the figures.
 
-    The timed workloads run twice: as the original runs (float32 denormals not flushed: the
-    top-level figures) and with ``torch.set_flush_denormal(True)`` (under ``"flushed"``):
-    the tails of the Gaussian basis underflow into denormals (about 3 % of its entries), which
-    can be slow on x86, and XLA's CPU backend flushes them, so both are worth seeing.
+    With ``keep_heap`` (the default) glibc is told, for the whole process, to keep freed
+    memory in its heap instead of handing large blocks back to the OS: on this project's VMs
+    memory handed back is reclaimed by the host and re-faulting it costs ~2 ms/MB, which made
+    identical calls flip between ~0.1 s and ~1.4 s depending on malloc's adaptive threshold.
+    A driver timing JAX in the same process gets the same setting; one in another process
+    can set ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` to 1073741824 instead.
 
     Args:
       repeats: timed calls per workload (median reported; 3 untimed warm-up calls first).
@@ -511,6 +528,7 @@ def run_reference(repeats: int = 20, batch: int = 64, threads: int = 2, n_rbf: i
         agedi_jax PaiNN's default).
       leak_steps: chained autograd-on steps for the memory-growth measurement.
       seed: seeds torch, the clusters and the noise.
+      keep_heap: ``mallopt`` M_MMAP_THRESHOLD and M_TRIM_THRESHOLD = 1 GiB (see above).
 
     Returns:
       A JSON-serialisable dict (times in ms with median / quartiles / process CPU time, memory
@@ -521,7 +539,7 @@ def run_reference(repeats: int = 20, batch: int = 64, threads: int = 2, n_rbf: i
     if repeats < 1 or batch < 1 or leak_steps < 2:
         raise ValueError(f"need repeats >= 1, batch >= 1, leak_steps >= 2; got {repeats}, {batch}, {leak_steps}")
     torch.set_num_threads(threads)
-    torch.set_flush_denormal(False)
+    heap_kept = _keep_heap() if keep_heap else False
     torch.manual_seed(seed)
     n_per = 13
     model = build_model(n_rbf=n_rbf)
@@ -553,12 +571,9 @@ def run_reference(repeats: int = 20, batch: int = 64, threads: int = 2, n_rbf: i
         "n_rbf": n_rbf, "params": count_parameters(model), "params_by_part": parts,
         "params_n_rbf_30": count_parameters(build_model(n_rbf=30)),
         "equivariance_error_f64": equivariance_error(model),
-        "repeats": repeats, "issue_reference": ISSUE_REFERENCE,
+        "repeats": repeats, "keep_heap": heap_kept, "issue_reference": ISSUE_REFERENCE,
     }
     out.update(_timed_workloads(model, x0, z, states, repeats, seed))
-    if torch.set_flush_denormal(True):
-        out["flushed"] = _timed_workloads(model, x0, z, states, repeats, seed)
-        torch.set_flush_denormal(False)
 
     # memory over chained autograd-on steps: detached control first, then the leaking pattern
     def autograd_on():
@@ -591,8 +606,7 @@ def print_report(res: dict) -> None:
     """Print the figures of :func:`run_reference` as a table."""
     ref = res["issue_reference"]
     parts = res["params_by_part"]
-    fl = res.get("flushed", {})
-    print(f"{res['framework']} on {res['machine']}; load average {res['load_average_start']} at start, "
+    print(f"{res['framework']} on {res['machine']}; glibc heap kept: {res['keep_heap']}; load average {res['load_average_start']} at start, "
           f"{res['load_average_end']} at end")
     print(f"{res['batch']} x Pt13 = {res['atoms']} atoms; edges: clean {res['edges_clean']}, "
           f"timed sampling step {res['edges_sample_step']}, prior (t=1) {res['edges_prior']}, "
@@ -610,18 +624,15 @@ def print_report(res: dict) -> None:
         ("EM step, inference, t=1", "sample_step_nograd_prior_ms", None),
         ("EM step, autograd on", "sample_step_autograd_ms", "sample_step_autograd_ms"),
     ]
-    print(f"{'workload':24s} {'as the original':>30s} {'denormals flushed':>30s} {'issue quotes':>13s}")
+    print(f"{'workload':24s} {'this machine':>30s} {'issue quotes':>13s}")
     for name, key, ref_key in rows:
         q = f"{ref[ref_key][0]:.0f}-{ref[ref_key][1]:.0f}" if ref_key else ""
-        print(f"{name:24s} {_fmt(res[key]):>30s} {_fmt(fl.get(key)):>30s} {q:>13s}")
-    for label, r in (("as the original", res), ("denormals flushed", fl)):
-        if not r:
-            continue
-        steps = ", ".join(f"{a['t']:g}: {a['ms']:.0f}" for a in r["sample_step_nograd_along_t"])
-        print(f"{label}: training {r['train_structures_per_s']:.0f} structures/s; inference step (ms) at "
-              f"t = {steps}; 500 steps ≈ {r['sample_500_steps_s_along_t']:.0f} s "
-              f"({r['sample_structures_per_s_500_steps']:.2f} structures/s; late-step cost x 500: "
-              f"{r['sample_500_steps_s']:.0f} s, with autograd on {r['sample_500_steps_autograd_s']:.0f} s)")
+        print(f"{name:24s} {_fmt(res[key]):>30s} {q:>13s}")
+    steps = ", ".join(f"{a['t']:g}: {a['ms']:.0f}" for a in res["sample_step_nograd_along_t"])
+    print(f"training {res['train_structures_per_s']:.0f} structures/s; inference step (ms) at t = {steps}")
+    print(f"500 steps (mean over those t) ≈ {res['sample_500_steps_s_along_t']:.1f} s = "
+          f"{res['sample_structures_per_s_500_steps']:.2f} structures/s; late-step cost x 500: "
+          f"{res['sample_500_steps_s']:.1f} s, with autograd on {res['sample_500_steps_autograd_s']:.1f} s")
     edges = ", ".join(f"{a['t']:g}: {a['edges']}" for a in res["sample_step_nograd_along_t"])
     print(f"edges at t = {edges}")
     print(f"autograd saves {res['saved_activation_mb_per_step']:.1f} MB of activations per step")

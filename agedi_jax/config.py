@@ -354,9 +354,9 @@ def preset(name: str) -> Config:
             data=DataConfig(dataset="builtin", max_atoms=16, val_fraction=0.1),
             model=ModelConfig(network="nequip", features=32, vector_features=16, num_layers=2, l_max=1, cutoff=5.0),
             process=ProcessConfig(sde="ve", schedule="linear", sigma_min=0.01, sigma_max=6.0),
-            train=TrainConfig(steps=600, batch_size=16, learning_rate=3e-3, warmup_steps=50, log_every=25,
-                              val_every=100, checkpoint_every=200, ema_decay=0.99),
-            sample=SampleConfig(sampler="em", steps=200, batch_size=32),
+            train=TrainConfig(steps=3000, batch_size=16, learning_rate=3e-3, warmup_steps=50, log_every=50,
+                              val_every=500, checkpoint_every=500, ema_decay=0.99),
+            sample=SampleConfig(sampler="em", steps=500, batch_size=32),
         )
     if name in ("qcd_gm", "qcd_de200"):
         return Config(

@@ -28,6 +28,32 @@ def _min_distance(atoms) -> float:
     return float(d[np.triu_indices(len(atoms), 1)].min())
 
 
+def _emt_gaps(samples, training) -> np.ndarray:
+    """EMT energy per atom of each (unrelaxed) sample minus the lowest EMT energy per atom of
+    a training structure of the same composition (NaN where none exists or EMT lacks an
+    element). A direct quality figure: 0 means as good as the best training minimum."""
+    from ase.calculators.emt import EMT
+
+    best: dict[str, float] = {}
+    for a in training:
+        e = a.info.get("energy")
+        if e is not None:
+            f = a.get_chemical_formula()
+            best[f] = min(best.get(f, np.inf), float(e) / len(a))
+    out = np.full(len(samples), np.nan)
+    for k, a in enumerate(samples):
+        f = a.get_chemical_formula()
+        if f not in best:
+            continue
+        try:
+            b = a.copy()
+            b.calc = EMT()
+            out[k] = b.get_potential_energy() / len(b) - best[f]
+        except NotImplementedError:
+            continue
+    return out
+
+
 def quickstart(
     out: str | Path = "runs/quickstart",
     overrides: Sequence[str] = (),
@@ -63,6 +89,7 @@ def quickstart(
     t_sample = time.perf_counter() - t0
     path = write_extxyz(out / "samples.extxyz", structures, cfg)
 
+    gaps = _emt_gaps(structures, data.structures)
     formulas = Counter(a.get_chemical_formula() for a in structures)
     mono = float(np.mean([len(set(a.get_chemical_symbols())) == 1 for a in structures]))
     dmin = np.array([_min_distance(a) for a in structures])
@@ -76,6 +103,8 @@ def quickstart(
         "monometallic_fraction": mono,
         "min_distance_median": float(np.median(dmin)),
         "min_distance_fraction_above_1.8A": float(np.mean(dmin > 1.8)),
+        "emt_gap_median_eV_per_atom": float(np.nanmedian(gaps)) if np.isfinite(gaps).any() else None,
+        "emt_gap_fraction_below_0.1eV_per_atom": float(np.nanmean(gaps < 0.1)) if np.isfinite(gaps).any() else None,
         "most_common": formulas.most_common(8),
         "device": str(jax.devices()[0]),
     }
@@ -88,6 +117,9 @@ def quickstart(
     print(f"  samples:        {path.resolve()}  ({len(structures)} clusters)")
     print(f"  summary:        {(out / 'summary.json').resolve()}")
     print(f"  mono-metallic:  {100 * mono:.0f} % of samples; median shortest bond {np.median(dmin):.2f} Å")
+    if np.isfinite(gaps).any():
+        print(f"  EMT energy:     median {np.nanmedian(gaps):.3f} eV/atom above the lowest training minimum of the same "
+              f"composition (unrelaxed samples; {100 * np.nanmean(gaps < 0.1):.0f} % within 0.1 eV/atom)")
     print(f"  examples:       {', '.join(f for f, _ in formulas.most_common(6))}")
     print(f"  sample more:    agedi-jax sample {out / 'run'} --n-atoms 13 --num 16 --out more.extxyz")
     return summary

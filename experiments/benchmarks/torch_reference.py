@@ -49,6 +49,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+# On a machine shared with other jobs, OpenMP's default active spin-wait at the end of every
+# parallel region made 2-thread calls 5-15x slower (a thread spins while its partner waits for
+# a core); passive waiting costs little on a quiet machine. Must be set before torch loads.
+_TORCH_PRELOADED = "torch" in sys.modules
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 try:
     import torch
     import torch.nn.functional as F
@@ -513,12 +519,13 @@ def run_reference(repeats: int = 20, batch: int = 64, threads: int = 2, n_rbf: i
                   leak_steps: int = 35, seed: int = 0, keep_heap: bool = True) -> dict:
     """Time the reference workloads on ``batch`` Pt13 clusters and return the figures.
 
-    With ``keep_heap`` (the default) glibc is told, for the whole process, to keep freed
-    memory in its heap instead of handing large blocks back to the OS: on this project's VMs
-    memory handed back is reclaimed by the host and re-faulting it costs ~2 ms/MB, which made
-    identical calls flip between ~0.1 s and ~1.4 s depending on malloc's adaptive threshold.
-    A driver timing JAX in the same process gets the same setting; one in another process
-    can set ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` to 1073741824 instead.
+    Two process-wide settings keep the figures stable on a shared machine (both recorded in
+    the result): ``OMP_WAIT_POLICY=PASSIVE`` unless already set (applied when this file is
+    loaded before torch), and with ``keep_heap`` (the default) glibc keeps freed memory in its
+    heap instead of handing large blocks back to the OS to fault in again at the next call
+    (about 15 % of a sampling step here). A driver timing JAX in the same process gets the
+    same settings; one in another process can set ``MALLOC_MMAP_THRESHOLD_`` and
+    ``MALLOC_TRIM_THRESHOLD_`` to 1073741824 in the environment instead.
 
     Args:
       repeats: timed calls per workload (median reported; 3 untimed warm-up calls first).
@@ -571,7 +578,9 @@ def run_reference(repeats: int = 20, batch: int = 64, threads: int = 2, n_rbf: i
         "n_rbf": n_rbf, "params": count_parameters(model), "params_by_part": parts,
         "params_n_rbf_30": count_parameters(build_model(n_rbf=30)),
         "equivariance_error_f64": equivariance_error(model),
-        "repeats": repeats, "keep_heap": heap_kept, "issue_reference": ISSUE_REFERENCE,
+        "repeats": repeats, "keep_heap": heap_kept,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY") if not _TORCH_PRELOADED else
+        "unknown (torch was imported before this file)", "issue_reference": ISSUE_REFERENCE,
     }
     out.update(_timed_workloads(model, x0, z, states, repeats, seed))
 
@@ -606,7 +615,7 @@ def print_report(res: dict) -> None:
     """Print the figures of :func:`run_reference` as a table."""
     ref = res["issue_reference"]
     parts = res["params_by_part"]
-    print(f"{res['framework']} on {res['machine']}; glibc heap kept: {res['keep_heap']}; load average {res['load_average_start']} at start, "
+    print(f"{res['framework']} on {res['machine']}; glibc heap kept: {res['keep_heap']}; OMP_WAIT_POLICY {res['omp_wait_policy']}; load average {res['load_average_start']} at start, "
           f"{res['load_average_end']} at end")
     print(f"{res['batch']} x Pt13 = {res['atoms']} atoms; edges: clean {res['edges_clean']}, "
           f"timed sampling step {res['edges_sample_step']}, prior (t=1) {res['edges_prior']}, "

@@ -224,6 +224,14 @@ def test_make_network_and_config():
     assert hash(cfg) == hash(NetworkConfig.from_dict(cfg.to_dict()))
     m = cfg.build()
     assert isinstance(m, PaiNN) and m.features == 32 and m.num_types == 3
+    # new fields survive a JSON round trip (tuples come back as lists)
+    import json
+
+    cfg = NetworkConfig.create("nequip", num_types=3, com_scales=(2.0, 5.0), normalize=False)
+    back = NetworkConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and hash(back) == hash(cfg)
+    m = back.build()
+    assert m.com_scales == (2.0, 5.0) and not m.normalize and m.global_context and m.com_vector
 
 
 @pytest.mark.parametrize("name", sorted(NETWORKS))

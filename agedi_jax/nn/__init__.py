@@ -8,6 +8,11 @@ Both networks share one interface::
     # scores.positions [n, 3] (1o vector), scores.types [n, K] (log-scores)
 
 See :class:`~agedi_jax.nn.nequip.NequIP` for the arguments.
+
+Both networks also see per-graph context (:mod:`agedi_jax.nn.context`: ``log N``, a pooled
+"virtual node" of the scalar channels, the offset of every atom from its structure's centre
+of mass) and normalise their features equivariantly (:mod:`agedi_jax.nn.norms`); the fields
+``global_context``, ``com_vector`` and ``normalize`` (all True by default) switch them off.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from typing import Any
 import flax.linen as nn
 
 from agedi_jax.nn.common import average_num_neighbors, bessel_basis, polynomial_envelope
+from agedi_jax.nn.context import GlobalContext, com_features, graph_size_features
 from agedi_jax.nn.embeddings import fourier_features
 from agedi_jax.nn.nequip import NequIP
+from agedi_jax.nn.norms import IrrepsNorm, VectorNorm
 from agedi_jax.nn.painn import PaiNN
 
 NETWORKS: dict[str, type[nn.Module]] = {"nequip": NequIP, "painn": PaiNN}
@@ -89,12 +96,17 @@ class NetworkConfig:
 
 __all__ = [
     "NETWORKS",
+    "GlobalContext",
+    "IrrepsNorm",
     "NequIP",
     "NetworkConfig",
     "PaiNN",
+    "VectorNorm",
     "average_num_neighbors",
     "bessel_basis",
+    "com_features",
     "fourier_features",
+    "graph_size_features",
     "make_network",
     "polynomial_envelope",
 ]

@@ -2,8 +2,11 @@
 
 Prints, per network: parameter count, compile time (forward and forward+backward), median
 forward and forward+backward time over repeats after warm-up, and structures per second.
+With ``--compare-plain`` each network is also timed with its global inputs and
+normalisation switched off (``global_context``, ``com_vector``, ``normalize`` = False), the
+cost of those features.
 
-    python experiments/benchmarks/bench_networks.py [--batch 64] [--repeats 20]
+    python experiments/benchmarks/bench_networks.py [--batch 64] [--repeats 20] [--compare-plain]
 
 Figures on a shared CPU are indicative only.
 """
@@ -57,6 +60,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="number of Pt13 clusters")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--networks", nargs="+", default=["painn", "nequip"])
+    ap.add_argument("--compare-plain", action="store_true",
+                    help="also time each network without global context, CoM input and normalisation")
     args = ap.parse_args()
 
     atoms, batch, vocab = pt13_batch(args.batch)
@@ -70,11 +75,16 @@ def main() -> None:
         "painn": dict(features=64, num_layers=3),  # the original package's size
         "nequip": dict(),  # the defaults: 64x0e + 32x(1o+2e), l_max 2, 3 layers
     }
-    header = f"{'network':8s} {'params':>8s} {'compile fwd':>12s} {'compile f+b':>12s} {'fwd ms':>8s} {'f+b ms':>8s} {'fwd str/s':>10s} {'f+b str/s':>10s}"
+    plain = dict(global_context=False, com_vector=False, normalize=False)
+    variants = [(name, {}) for name in args.networks]
+    if args.compare_plain:
+        variants = [v for name in args.networks for v in ((name, {}), (name + "-plain", plain))]
+    header = f"{'network':13s} {'params':>8s} {'compile fwd':>12s} {'compile f+b':>12s} {'fwd ms':>8s} {'f+b ms':>8s} {'fwd str/s':>10s} {'f+b str/s':>10s}"
     rows = []
-    for name in args.networks:
+    for label, extra in variants:
+        name = label.split("-")[0]
         model = make_network(name, num_types=vocab.num_types, cutoff=CUTOFF, avg_num_neighbors=avg,
-                             **configs[name])
+                             **configs[name], **extra)
         params = jax.jit(model.init)(jax.random.PRNGKey(0), batch, t)
         n_params = sum(x.size for x in jax.tree.leaves(params))
 
@@ -89,7 +99,7 @@ def main() -> None:
         c_fb = compile_time(fwd_bwd, params, batch, t)
         t_fwd = timed(fwd, params, batch, t, repeats=args.repeats)
         t_fb = timed(fwd_bwd, params, batch, t, repeats=args.repeats)
-        rows.append(f"{name:8s} {n_params:8d} {c_fwd:11.1f}s {c_fb:11.1f}s {1e3 * t_fwd:8.1f} "
+        rows.append(f"{label:13s} {n_params:8d} {c_fwd:11.1f}s {c_fb:11.1f}s {1e3 * t_fwd:8.1f} "
                     f"{1e3 * t_fb:8.1f} {args.batch / t_fwd:10.0f} {args.batch / t_fb:10.0f}")
         print(header if len(rows) == 1 else "", rows[-1], sep="\n" if len(rows) == 1 else "")
 

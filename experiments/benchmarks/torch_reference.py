@@ -544,7 +544,8 @@ def run_reference(repeats: int = 20, batch: int = 64, threads: int = 2, n_rbf: i
     if torch is None:
         return {"available": False, "reason": _TORCH_ERROR}
     if repeats < 1 or batch < 1 or leak_steps < 2:
-        raise ValueError(f"need repeats >= 1, batch >= 1, leak_steps >= 2; got {repeats}, {batch}, {leak_steps}")
+        raise ValueError("need repeats >= 1, batch >= 1, leak_steps >= 2; "
+                         f"got {repeats}, {batch}, {leak_steps}")
     torch.set_num_threads(threads)
     heap_kept = _keep_heap() if keep_heap else False
     torch.manual_seed(seed)
@@ -615,7 +616,8 @@ def print_report(res: dict) -> None:
     """Print the figures of :func:`run_reference` as a table."""
     ref = res["issue_reference"]
     parts = res["params_by_part"]
-    print(f"{res['framework']} on {res['machine']}; glibc heap kept: {res['keep_heap']}; OMP_WAIT_POLICY {res['omp_wait_policy']}; load average {res['load_average_start']} at start, "
+    print(f"{res['framework']} on {res['machine']}; glibc heap kept: {res['keep_heap']}; "
+          f"OMP_WAIT_POLICY {res['omp_wait_policy']}; load average {res['load_average_start']} at start, "
           f"{res['load_average_end']} at end")
     print(f"{res['batch']} x Pt13 = {res['atoms']} atoms; edges: clean {res['edges_clean']}, "
           f"timed sampling step {res['edges_sample_step']}, prior (t=1) {res['edges_prior']}, "

@@ -3,7 +3,7 @@ training data (paper Fig. 4b/c: "an equal number of samples"). Only the number o
 given; positions and types are generated (joint model).
 
     python experiments/clusters/sample.py --subset gm --budget cpu
-    python experiments/clusters/sample.py --subset de200 --budget cpu     # 1,000 of the training split
+    python experiments/clusters/sample.py --subset de200 --budget cpu     # 500 of the training split on the CPU budget
     python experiments/clusters/sample.py --subset gm --quick             # 16 samples, 20 steps
 
 Writes ``results/<budget>/samples_<subset>.extxyz`` (+ ``.config.json``) and

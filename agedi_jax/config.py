@@ -56,6 +56,10 @@ class ModelConfig:
       avg_num_neighbors: message normalisation; 0 = computed from the training data.
       num_labels: size of the label vocabulary (labels 1..num_labels, 0 = null); 0 = none.
         The label embedding has ``features`` dimensions (the paper: 64).
+      global_context: per-graph pooled context and log N in every layer (lets isolated
+        atoms at high noise agree on the element and size).
+      com_vector: input vectors towards the centre of mass along non-periodic axes.
+      normalize: equivariant layer normalisation (stability).
       positions: model atomic positions (position head and position process on).
       types: model atomic types (type head and absorbing type process on).
     """
@@ -69,6 +73,9 @@ class ModelConfig:
     cutoff: float = 6.0
     avg_num_neighbors: float = 0.0
     num_labels: int = 0
+    global_context: bool = True
+    com_vector: bool = True
+    normalize: bool = True
     positions: bool = True
     types: bool = True
 

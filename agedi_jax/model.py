@@ -174,6 +174,9 @@ def build_model(config: Config, vocab: TypeVocab, avg_num_neighbors: float | Non
         avg_num_neighbors=float(avg),
         position_head=m.positions,
         type_head=m.types,
+        global_context=m.global_context,
+        com_vector=m.com_vector,
+        normalize=m.normalize,
     )
     if m.network == "nequip":
         kwargs.update(vector_features=m.vector_features, l_max=m.l_max)

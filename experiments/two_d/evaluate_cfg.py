@@ -67,6 +67,28 @@ def print_table(acc: dict, validity: dict | None = None, file=sys.stdout) -> Non
         print(line, file=file)
 
 
+def plot_accuracy(acc: dict, path: Path, title: str = "") -> None:
+    """Accuracy versus guidance weight, overall and for the most common groups."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ws = sorted(acc["table"])
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot(ws, [acc["table"][w]["all"] for w in ws], "k-o", lw=2, label=f"all ({acc['n']})")
+    for g in acc["groups"]:
+        ax.plot(ws, [acc["table"][w][str(g)] for w in ws], "--.", lw=1,
+                label=f"LG {g} ({acc['counts'][str(g)]})")
+    ax.set_xlabel("guidance weight w")
+    ax.set_ylabel("layer-group accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, frameon=False, ncol=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", type=Path, help="run directory or checkpoint directory")
@@ -81,6 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=int, default=6, help="most common groups in the table")
     ap.add_argument("--no-ema", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="JSON with the table and per-structure groups")
+    ap.add_argument("--plot", type=Path, default=None, help="PNG of accuracy versus w (Fig. 7a)")
     ap.add_argument("--samples-out", type=Path, default=None, help="extxyz of all samples (info: label, guidance)")
     args = ap.parse_args(argv)
 
@@ -125,6 +148,8 @@ def main(argv=None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
         print(f"wrote {args.out}")
+    if args.plot:
+        plot_accuracy(acc, args.plot, title=f"{Path(args.data).name}, {args.steps} {args.sampler} steps")
     if args.samples_out:
         from ase.io import write
 

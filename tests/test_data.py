@@ -10,6 +10,7 @@ import gzip
 import io
 from collections import Counter, defaultdict
 
+import ase.build
 import ase.io
 import numpy as np
 import pytest
@@ -178,31 +179,49 @@ def test_c2db_train_structures_and_layer_groups(c2db_train, shared_data):
     labels = ds.labels
     assert labels.dtype == np.int32 and labels.min() >= 1 and labels.max() <= 80
     counts = Counter(labels.tolist())
-    assert len(counts) == 48
-    for group, n in {1: 1078, 4: 570, 46: 360, 59: 269, 64: 249, 18: 206, 2: 126}.items():
+    # Labels of the repaired positions (see load_c2db_csv): the hexagonal 1T / 2H groups lead,
+    # p1 is rare; the raw CIFs (data README) give p1 1,078 / p11m 570 instead.
+    for group, n in {72: 805, 78: 483, 46: 360, 59: 269, 64: 249, 69: 241, 1: 39}.items():
         assert counts[group] == n, group
     assert all(a.info["layer_group"] == lab for a, lab in zip(ds, labels))
-    # Oracle: row 0 parsed independently from the CIF, labelled directly with spglib.
+    assert ds.source["repair_positions"] is True
     import csv
     import spglib
 
+    from agedi_jax.data.c2db import _from_cif
+
     with open(shared_data / "c2db" / "train.csv", newline="") as fh:
-        row = next(csv.DictReader(fh))
+        rows = {r["material_id"]: r for r in csv.DictReader(fh)}
+    by_id = {a.info["material_id"]: k for k, a in enumerate(ds)}
+    # Oracle on 2H-MoS2: repaired Mo–S bond 2.41 Å and p-6m2 (78), as ase.build.mx2 gives;
+    # read as written, 2.09 Å and p11m (4).
+    k = by_id["MoS2-b3b4685fb6e1"]
+    a = ds[k]
+    d = a.get_all_distances(mic=True)
+    assert abs(d[d > 0].min() - 2.41) < 0.02 and labels[k] == 78
+    raw = _from_cif(rows["MoS2-b3b4685fb6e1"]["cif"], repair=False)
+    dr = raw.get_all_distances(mic=True)
+    assert dr[dr > 0].min() < 2.15
+    lds = spglib.get_symmetry_layerdataset(
+        (raw.cell.array, raw.get_scaled_positions(), raw.numbers), aperiodic_dir=2, symprec=0.1
+    )
+    assert lds.number == 4
+    prototype = ase.build.mx2("MoS2", kind="2H", a=a.cell.cellpar()[0], vacuum=8.0)
+    dp = prototype.get_all_distances(mic=True)
+    assert abs(dp[dp > 0].min() - d[d > 0].min()) < 0.05
+    # Rectangular cells are read exactly as written (row 0 is one), with ASE's CIF reader.
+    row = next(iter(rows.values()))
     ref = ase.io.read(io.StringIO(row["cif"]), format="cif")
-    a = ds[0]
-    assert a.info["material_id"] == row["material_id"]
+    a = ds[by_id[row["material_id"]]]
+    assert abs(ref.cell.cellpar()[5] - 90.0) < 1e-6
     assert a.info["band_gap"] == float(row["band_gap"])
     np.testing.assert_allclose(a.cell.array, ref.cell.array, atol=1e-12)
     assert a.get_chemical_symbols() == ref.get_chemical_symbols()
     d = a.get_scaled_positions(wrap=False) - ref.get_scaled_positions(wrap=False)
     np.testing.assert_allclose(d - np.round(d), 0.0, atol=1e-9)
     np.testing.assert_allclose(d[:, 2], 0.0, atol=1e-12)  # z never wrapped
-    lds = spglib.get_symmetry_layerdataset(
-        (ref.cell.array, ref.get_scaled_positions(), ref.numbers), aperiodic_dir=2, symprec=0.1
-    )
-    assert ds.labels[0] == lds.number
     s = ds.summary()
-    assert "3,533 structures" in s and "62 elements" in s and "1:1,078" in s and "pbc xy 3,533" in s
+    assert "3,533 structures" in s and "62 elements" in s and "72:805" in s and "pbc xy 3,533" in s
 
 
 def test_c2db_val_and_no_labels(shared_data):

@@ -618,57 +618,18 @@ def sample_sharded(
     and ``batch_size`` give the structures of ``sample_atoms`` (module docstring).
     """
     from .batching import common_bucket
-    from .config import config_hash, replace
-    from .graph import encode_structures
-    from .sampling import make_templates
+    from .config import replace
+    from .sampling import prepare_request
 
-    updates = {
-        k: v
-        for k, v in dict(sampler=sampler, type_sampler=type_sampler, steps=steps, seed=seed, batch_size=batch_size).items()
-        if v is not None
-    }
-    cfg = replace(model.config, sample=updates) if updates else model.config
-    s = cfg.sample
     if int(shards_per_device) < 1:
         raise ValueError(f"sample_sharded: shards_per_device must be >= 1, got {shards_per_device}")
-    structures, gen = make_templates(
-        model, n_atoms=n_atoms, compositions=compositions, templates=templates,
-        num_samples=num_samples, generate_types=generate_types,
+    req = prepare_request(
+        model, n_atoms=n_atoms, compositions=compositions, templates=templates, num_samples=num_samples,
+        generate_types=generate_types, label=label, guidance=guidance, interpolate=interpolate,
+        sampler=sampler, type_sampler=type_sampler, steps=steps, seed=seed, batch_size=batch_size,
     )
-    n = len(structures)
-    if label is None:
-        labels = []
-    elif isinstance(label, (int, np.integer)):
-        labels = [int(label)]
-    else:
-        labels = [int(x) for x in label]
-    if len(labels) == 1:
-        labels = labels * n
-    elif not labels:
-        labels = [int(a.info.get("label", 0)) for a in structures]
-    if len(labels) != n:
-        raise ValueError(f"{len(labels)} labels for {n} structures")
-    num_labels = cfg.model.num_labels
-    for lab in labels:
-        if not 0 <= int(lab) <= num_labels:
-            raise ValueError(
-                f"label {lab} out of range: this model has labels 1..{num_labels} (0 = unconditional)"
-                if num_labels
-                else f"label {lab} given but this model is unconditional (model.num_labels = 0)"
-            )
-    w = s.guidance if guidance is None else float(guidance)
-    # as sample_atoms: w = 1 skips the unconditional call unless a weight was asked for
-    use_guidance = num_labels > 0 and any(int(l) for l in labels) and (guidance is not None or w != 1.0)
-    interp = None
-    if interpolate is not None:
-        if model.process is None:
-            raise ValueError("type interpolation needs a model of atomic types (model.types is on)")
-        interp = (model.vocab.index(interpolate[0]), model.vocab.index(interpolate[1]))
-        gen = [True] * n
-
-    encoded = encode_structures(
-        structures, model.vocab, cfg.model.cutoff, labels=[int(l) for l in labels], max_atoms=cfg.data.max_atoms,
-    )
+    cfg, s, encoded = req.config, req.config.sample, req.encoded
+    n = len(req.structures)
     num_shards = mesh.devices.size * int(shards_per_device)
     batches = [list(range(i, min(i + s.batch_size, n))) for i in range(0, n, s.batch_size)]
     parts = [[list(p) for p in np.array_split(np.asarray(b), num_shards)] for b in batches]
@@ -678,11 +639,10 @@ def sample_sharded(
     # seed and batch size do not enter the compiled sampler: keep them out of its cache key
     base = model.config.sample
     compiled_cfg = replace(cfg, sample=dict(seed=base.seed, batch_size=base.batch_size))
-    run = make_sharded_sampler(model, mesh, guided=use_guidance, interpolate=interp, config=compiled_cfg)
+    run = make_sharded_sampler(model, mesh, guided=req.guided, interpolate=req.interpolate, config=compiled_cfg)
     mine = local_shards(mesh, num_shards)
     params = replicate(params, mesh)  # a no-op when they already are
     root = jax.random.PRNGKey(s.seed)
-    chash = config_hash(model.config)
     out: list = []
     for bi, (idx, ps) in enumerate(zip(batches, parts)):
         stacked = stack_shards([[encoded[i] for i in p] for p in ps], bucket, mine)
@@ -690,36 +650,18 @@ def sample_sharded(
             for shard in unstack(stacked):
                 check_batch(model.sde, shard)
         gen_mask = np.zeros(bucket.n_graph, bool)
-        gen_mask[: len(idx)] = [gen[i] for i in idx]
+        gen_mask[: len(idx)] = [req.generate[i] for i in idx]
         gen_mask = np.broadcast_to(gen_mask, (len(mine), bucket.n_graph)).copy()
         result = run(
             params,
             jax.random.fold_in(root, bi),
             shard_batch(stacked, mesh, num_shards),
             jax.make_array_from_process_local_data(data_sharding(mesh), gen_mask, (num_shards, bucket.n_graph)),
-            jnp.float32(w),
+            jnp.float32(req.w),
         )
         for shard, p in zip(unstack(_fetch(result)), ps):
             if not p:
                 continue
-            info = []
-            for i in p:
-                d = {
-                    "seed": s.seed,
-                    "index": i,
-                    "label": int(labels[i]),
-                    "guidance": w if use_guidance else (1.0 if int(labels[i]) else 0.0),
-                    "sampler": s.sampler,
-                    "type_sampler": s.type_sampler,
-                    "steps": s.steps,
-                    "config_hash": chash,
-                }
-                if interpolate is not None:
-                    d["interpolate"] = f"{interpolate[0]}:{interpolate[1]}"
-                info.append(d)
-            atoms = atoms_from_batch(shard, model.vocab, info=info, label_key=None)
-            for a, src in zip(atoms, (structures[i] for i in p)):
-                if not a.pbc.any() and src.pbc.any():
-                    a.cell = src.cell
+            atoms = req.to_atoms(model, shard, p)
             out += atoms
     return out

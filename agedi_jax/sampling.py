@@ -20,7 +20,7 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -252,6 +252,98 @@ def sample_atoms(
       interpolate: two element symbols, e.g. ``("Pt", "Cu")`` (Eq. 20).
       sampler, type_sampler, steps, seed, batch_size: override the ``sample`` config.
     """
+    req = prepare_request(
+        model, n_atoms=n_atoms, compositions=compositions, templates=templates, num_samples=num_samples,
+        generate_types=generate_types, label=label, guidance=guidance, interpolate=interpolate,
+        sampler=sampler, type_sampler=type_sampler, steps=steps, seed=seed, batch_size=batch_size,
+    )
+    s = req.config.sample
+    n = len(req.structures)
+    chunks = [list(range(i, min(i + s.batch_size, n))) for i in range(0, n, s.batch_size)]
+    bucket = common_bucket([[req.encoded[i] for i in c] for c in chunks])
+    run = make_sampler(model, guided=req.guided, interpolate=req.interpolate, config=req.config)
+    root = jax.random.PRNGKey(s.seed)
+    out: list = []
+    it = chunks
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(chunks, desc="sample", unit="batch", dynamic_ncols=True)
+    for ci, chunk in enumerate(it):
+        batch = collate([req.encoded[i] for i in chunk], bucket)
+        if model.sde is not None:
+            from .sde import check_batch
+
+            check_batch(model.sde, batch)  # VP on a periodic template: clear error, not NaN
+        gen_mask = np.zeros(bucket.n_graph, bool)
+        gen_mask[: len(chunk)] = [req.generate[i] for i in chunk]
+        result = run(params, jax.random.fold_in(root, ci), batch, jnp.asarray(gen_mask), jnp.float32(req.w))
+        out += req.to_atoms(model, jax.device_get(result), chunk)
+    return out
+
+
+class SampleRequest(NamedTuple):
+    """What :func:`sample_atoms` (and :func:`agedi_jax.parallel.sample_sharded`) generate:
+    the resolved config, the templates, and per template whether its types are generated,
+    its label and its encoding."""
+
+    config: Config
+    structures: list
+    generate: list
+    labels: list
+    w: float
+    guided: bool
+    interpolate: tuple[int, int] | None
+    interpolate_names: tuple[str, str] | None
+    encoded: list
+
+    def frame_info(self, model: DiffusionModel, i: int) -> dict:
+        """``atoms.info`` of generated structure ``i``."""
+        s = self.config.sample
+        d = {
+            "seed": s.seed,
+            "index": i,
+            "label": int(self.labels[i]),
+            "guidance": self.w if self.guided else (1.0 if int(self.labels[i]) else 0.0),
+            "sampler": s.sampler,
+            "type_sampler": s.type_sampler,
+            "steps": s.steps,
+            "config_hash": config_hash(model.config),  # the model; sampling settings are above
+        }
+        if self.interpolate_names is not None:
+            d["interpolate"] = f"{self.interpolate_names[0]}:{self.interpolate_names[1]}"
+        return d
+
+    def to_atoms(self, model: DiffusionModel, result: AtomsBatch, indices: Sequence[int]) -> list:
+        """The real graphs of a sampled batch (host arrays) as ``ase.Atoms`` of templates
+        ``indices`` (in order)."""
+        info = [self.frame_info(model, i) for i in indices]
+        atoms = atoms_from_batch(result, model.vocab, info=info, label_key=None)
+        for a, i in zip(atoms, indices):
+            src = self.structures[i]
+            if not a.pbc.any() and src.pbc.any():
+                a.cell = src.cell
+        return atoms
+
+
+def prepare_request(
+    model: DiffusionModel,
+    *,
+    n_atoms=None,
+    compositions=None,
+    templates=None,
+    num_samples: int | None = None,
+    generate_types: bool | None = None,
+    label=None,
+    guidance: float | None = None,
+    interpolate: tuple[str, str] | None = None,
+    sampler: str | None = None,
+    type_sampler: str | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+) -> SampleRequest:
+    """Validate a sampling request on the host (arguments of :func:`sample_atoms`)."""
     updates = {
         k: v
         for k, v in dict(sampler=sampler, type_sampler=type_sampler, steps=steps, seed=seed, batch_size=batch_size).items()
@@ -262,13 +354,12 @@ def sample_atoms(
         from .config import replace
 
         cfg = replace(cfg, sample=updates)
-    s = cfg.sample
     structures, gen = make_templates(
         model, n_atoms=n_atoms, compositions=compositions, templates=templates,
         num_samples=num_samples, generate_types=generate_types,
     )
     n = len(structures)
-    labels = _as_list(label)
+    labels = [int(x) for x in _as_list(label)]
     if len(labels) == 1:
         labels = labels * n
     elif not labels:
@@ -277,69 +368,25 @@ def sample_atoms(
         raise ValueError(f"{len(labels)} labels for {n} structures")
     num_labels = cfg.model.num_labels
     for lab in labels:
-        if not 0 <= int(lab) <= num_labels:
+        if not 0 <= lab <= num_labels:
             raise ValueError(
                 f"label {lab} out of range: this model has labels 1..{num_labels} (0 = unconditional)"
                 if num_labels
                 else f"label {lab} given but this model is unconditional (model.num_labels = 0)"
             )
-    w = s.guidance if guidance is None else float(guidance)
+    w = cfg.sample.guidance if guidance is None else float(guidance)
     # Guidance needs labels; w = 1 (purely conditional) skips the second network call unless
     # a weight was asked for explicitly.
-    use_guidance = num_labels > 0 and any(int(l) for l in labels) and (guidance is not None or w != 1.0)
-    interp = None
+    guided = num_labels > 0 and any(labels) and (guidance is not None or w != 1.0)
+    interp = names = None
     if interpolate is not None:
         if model.process is None:
             raise ValueError("type interpolation needs a model of atomic types (model.types is on)")
-        a, b = interpolate
-        interp = (model.vocab.index(a), model.vocab.index(b))
+        names = (str(interpolate[0]), str(interpolate[1]))
+        interp = (model.vocab.index(names[0]), model.vocab.index(names[1]))
         gen = [True] * n
-
-    encoded = encode_structures(
-        structures, model.vocab, cfg.model.cutoff, labels=[int(l) for l in labels], max_atoms=cfg.data.max_atoms,
-    )
-    chunks = [list(range(i, min(i + s.batch_size, n))) for i in range(0, n, s.batch_size)]
-    bucket = common_bucket([[encoded[i] for i in c] for c in chunks])
-    run = make_sampler(model, guided=use_guidance, interpolate=interp, config=cfg)
-    root = jax.random.PRNGKey(s.seed)
-    chash = config_hash(model.config)  # identifies the model; sampling settings are in info
-    out: list = []
-    it = chunks
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(chunks, desc="sample", unit="batch", dynamic_ncols=True)
-    for ci, chunk in enumerate(it):
-        batch = collate([encoded[i] for i in chunk], bucket)
-        if model.sde is not None:
-            from .sde import check_batch
-
-            check_batch(model.sde, batch)  # VP on a periodic template: clear error, not NaN
-        gen_mask = np.zeros(bucket.n_graph, bool)
-        gen_mask[: len(chunk)] = [gen[i] for i in chunk]
-        result = run(params, jax.random.fold_in(root, ci), batch, jnp.asarray(gen_mask), jnp.float32(w))
-        result = jax.device_get(result)
-        info = []
-        for i in chunk:
-            d = {
-                "seed": s.seed,
-                "index": i,
-                "label": int(labels[i]),
-                "guidance": w if use_guidance else (1.0 if int(labels[i]) else 0.0),
-                "sampler": s.sampler,
-                "type_sampler": s.type_sampler,
-                "steps": s.steps,
-                "config_hash": chash,
-            }
-            if interpolate is not None:
-                d["interpolate"] = f"{interpolate[0]}:{interpolate[1]}"
-            info.append(d)
-        atoms = atoms_from_batch(result, model.vocab, info=info, label_key=None)
-        for a, src in zip(atoms, (structures[i] for i in chunk)):
-            if not a.pbc.any():
-                a.cell = src.cell if src.pbc.any() else a.cell
-        out += atoms
-    return out
+    encoded = encode_structures(structures, model.vocab, cfg.model.cutoff, labels=labels, max_atoms=cfg.data.max_atoms)
+    return SampleRequest(cfg, structures, gen, labels, w, guided, interp, names, encoded)
 
 
 def write_extxyz(path: str | os.PathLike, structures: Sequence[Any], config: Config) -> Path:

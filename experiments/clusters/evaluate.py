@@ -77,41 +77,100 @@ def training_summary(run: Path) -> dict:
                 best_val_loss=round(best["loss"], 4) if best else None)
 
 
+def figures(results: Path, protocols) -> None:
+    """PRD per protocol (one panel per model), t-SNE maps and minimum-distance histograms,
+    from the files under ``results`` (so subsets evaluated in separate calls share figures)."""
+    from ase.io import read
+
+    from agedi_jax.evaluation.plots import _pyplot, plot_prd_curves
+    from agedi_jax.evaluation.validity import validity
+
+    plt = _pyplot()
+    subsets = [s for s in settings.SUBSETS if (results / f"samples_{s}.json").exists()]
+    for name in protocols:
+        have = [s for s in subsets if (results / "eval" / f"{s}_{name}" / "prd_curves.npz").exists()]
+        if not have:
+            continue
+        fig, axes = plt.subplots(1, len(have), figsize=(5.2 * len(have), 5.2), squeeze=False)
+        for ax, subset in zip(axes[0], have):
+            z = np.load(results / "eval" / f"{subset}_{name}" / "prd_curves.npz")
+            c = {str(k): (p, r) for k, p, r in zip(z["names"], z["precision"], z["recall"])}
+            plot_prd_curves({"AGeDi": c.pop("AGeDi")}, baselines=c, ax=ax, title=f"{TITLES[subset]} — {name} SOAP")
+        fig.tight_layout()
+        fig.savefig(results / f"prd_{name}.png", dpi=110)
+        plt.close(fig)
+    have = [s for s in subsets if (results / "eval" / f"{s}_tsne.npz").exists()]
+    if have:
+        fig, axes = plt.subplots(2, len(have), figsize=(5 * len(have), 10), squeeze=False)
+        for j, subset in enumerate(have):
+            z = np.load(results / "eval" / f"{subset}_tsne.npz")
+            for i, kind in enumerate(("paper", "agnostic")):
+                ax = axes[i, j]
+                e_ref, e_s = z[f"{kind}_reference"], z[f"{kind}_samples"]
+                ax.scatter(e_s[:, 0], e_s[:, 1], s=5, alpha=0.5, color="C1", label=f"AGeDi samples ({len(e_s)})")
+                ax.scatter(e_ref[:, 0], e_ref[:, 1], s=5, alpha=0.5, color="C0", label=f"training data ({len(e_ref)})")
+                ax.set_xticks([]), ax.set_yticks([])
+                what = "species-resolved SOAP" if kind == "paper" else "element-agnostic SOAP"
+                ax.set_title(f"{TITLES[subset]}: t-SNE, {what}", fontsize=10)
+                ax.legend(fontsize=8, markerscale=2, frameon=False)
+        fig.tight_layout()
+        fig.savefig(results / "tsne.png", dpi=100)
+        plt.close(fig)
+    if subsets:
+        fig, axes = plt.subplots(1, len(subsets), figsize=(5 * len(subsets), 3.5), squeeze=False)
+        for ax, subset in zip(axes[0], subsets):
+            meta = json.loads((results / f"samples_{subset}.json").read_text())
+            samples = read(results / f"samples_{subset}.extxyz", ":")
+            for a in samples:
+                a.pbc = False
+            from agedi_jax.checkpoint import load_config_and_vocab
+            from agedi_jax.sampling import checkpoint_dir
+
+            config, _, _ = load_config_and_vocab(checkpoint_dir(meta["run"]))
+            d_ref = np.asarray(validity(settings.reference_set(config, meta["max_reference"]))["min_distance"])
+            d_s = np.asarray(validity(samples)["min_distance"])
+            bins = np.linspace(0, max(4.0, float(np.nanmax(d_ref))), 60)
+            ax.hist(np.clip(d_ref, 0, bins[-1]), bins=bins, alpha=0.5, label="training data")
+            ax.hist(np.clip(d_s, 0, bins[-1]), bins=bins, alpha=0.5, label="AGeDi samples")
+            ax.set_xlabel("shortest interatomic distance (Å)")
+            ax.set_title(TITLES[subset])
+            ax.legend(fontsize=8, frameon=False)
+        fig.tight_layout()
+        fig.savefig(results / "min_distance.png", dpi=110)
+        plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget", choices=settings.BUDGETS, default="cpu")
     ap.add_argument("--subset", choices=settings.SUBSETS, nargs="+", default=list(settings.SUBSETS))
-    ap.add_argument("--protocols", nargs="+", choices=list(PROTOCOLS), default=list(PROTOCOLS))
+    ap.add_argument("--protocols", nargs="*", choices=list(PROTOCOLS), default=list(PROTOCOLS),
+                    help="PRD protocols to (re)compute; none = only t-SNE and figures")
     ap.add_argument("--results", type=Path, default=None, help="default results/<budget>")
     ap.add_argument("--quick", action="store_true", help="2 k-means runs, no t-SNE")
     args = ap.parse_args(argv)
 
     from agedi_jax.evaluation import evaluate
-    from agedi_jax.evaluation.plots import _pyplot, plot_prd_curves
 
     results = args.results or settings.results_dir(args.budget)
-    plt = _pyplot()
     summary_path = results / "fig4.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    curves: dict = {}
-    tsne_maps: dict = {}
-    min_dist: dict = {}
     for subset in args.subset:
         if not (results / f"samples_{subset}.json").exists():
             print(f"no samples for {subset} in {results}; skipped", flush=True)
             continue
         samples, reference, meta = load_pair(args.budget, subset, results)
-        entry: dict = dict(sampling=meta, training=training_summary(Path(meta["run"])),
-                           n_samples=len(samples), n_reference=len(reference), prd={})
-        curves[subset] = {}
+        entry = summary.get(subset, {})
+        entry.update(sampling=meta, training=training_summary(Path(meta["run"])),
+                     n_samples=len(samples), n_reference=len(reference))
+        entry.setdefault("prd", {})
         for name in args.protocols:
             proto = dict(PROTOCOLS[name])
             if args.quick:  # tiny smoke sets cannot hold 100 k-means clusters
                 proto["num_clusters"] = min(proto["num_clusters"], (len(samples) + len(reference)) // 4)
             t0 = time.perf_counter()
-            do_tsne = name == "paper" and not args.quick
             res = evaluate(samples, reference, results / "eval" / f"{subset}_{name}",
-                           num_runs=2 if args.quick else 10, tsne=do_tsne, plots=True,
+                           num_runs=2 if args.quick else 10, tsne=False, plots=False,
                            sample_name="AGeDi", **proto)
             dt = time.perf_counter() - t0
             print(f"{subset} {name}: " + ", ".join(f"{k} {v['auc']:.3f}" for k, v in res["prd"].items())
@@ -120,7 +179,6 @@ def main(argv=None) -> int:
                                       f8={k: round(v["f_beta"], 4) for k, v in res["prd"].items()},
                                       f1_8={k: round(v["f_beta_inv"], 4) for k, v in res["prd"].items()},
                                       seconds=round(dt))
-            curves[subset][name] = res["curves"]
             if name == "paper":
                 entry["validity"] = res["validity"]
                 entry["validity_reference"] = res["validity_reference"]
@@ -133,56 +191,24 @@ def main(argv=None) -> int:
                     element_structure_counts=comp["element_structure_counts"],
                     top_formulas=comp["top_formulas"],
                 )
-        from agedi_jax.evaluation.validity import validity
-
-        min_dist[subset] = (np.asarray(validity(reference)["min_distance"]), np.asarray(validity(samples)["min_distance"]))
         mixed = [a.get_chemical_formula() for a in samples if len(set(a.get_chemical_symbols())) > 1]
         entry.setdefault("composition", {})["mixed_examples"] = mixed[:20]
         if not args.quick:
+            t0 = time.perf_counter()
             from agedi_jax.evaluation import soap_features, species_of, tsne_map
 
             species = species_of(samples, reference)
-            f_ref = soap_features(reference, species=species, sparse=True)
-            f_s = soap_features(samples, species=species, sparse=True)
-            tsne_maps[subset] = tsne_map(f_ref, f_s, seed=0)
+            maps = {}
+            for kind, agnostic in (("paper", False), ("agnostic", True)):
+                f_ref = soap_features(reference, species=species, sparse=True, element_agnostic=agnostic)
+                f_s = soap_features(samples, species=species, sparse=True, element_agnostic=agnostic)
+                e_ref, e_s = tsne_map(f_ref, f_s, seed=0)
+                maps[f"{kind}_reference"], maps[f"{kind}_samples"] = e_ref, e_s
+            (results / "eval").mkdir(parents=True, exist_ok=True)
+            np.savez(results / "eval" / f"{subset}_tsne.npz", **maps)
+            entry["tsne_seconds"] = round(time.perf_counter() - t0)
         summary[subset] = entry
-
-    # Figures: PRD per protocol (one panel per model), t-SNE, minimum distances.
-    for name in args.protocols:
-        subsets = [s for s in curves if name in curves[s]]
-        if not subsets:
-            continue
-        fig, axes = plt.subplots(1, len(subsets), figsize=(5.2 * len(subsets), 5.2), squeeze=False)
-        for ax, subset in zip(axes[0], subsets):
-            c = curves[subset][name]
-            plot_prd_curves({"AGeDi": c["AGeDi"]}, baselines={k: v for k, v in c.items() if k != "AGeDi"}, ax=ax,
-                            title=f"{TITLES[subset]} — {name} SOAP")
-        fig.tight_layout()
-        fig.savefig(results / f"prd_{name}.png", dpi=110)
-        plt.close(fig)
-    if tsne_maps:
-        fig, axes = plt.subplots(1, len(tsne_maps), figsize=(5 * len(tsne_maps), 5), squeeze=False)
-        for ax, (subset, (e_ref, e_s)) in zip(axes[0], tsne_maps.items()):
-            ax.scatter(e_ref[:, 0], e_ref[:, 1], s=5, alpha=0.6, label=f"training data ({len(e_ref)})")
-            ax.scatter(e_s[:, 0], e_s[:, 1], s=5, alpha=0.6, label=f"AGeDi samples ({len(e_s)})")
-            ax.set_xticks([]), ax.set_yticks([])
-            ax.set_title(f"{TITLES[subset]}: t-SNE of SOAP")
-            ax.legend(fontsize=8, markerscale=2, frameon=False)
-        fig.tight_layout()
-        fig.savefig(results / "tsne.png", dpi=110)
-        plt.close(fig)
-    if min_dist:
-        fig, axes = plt.subplots(1, len(min_dist), figsize=(5 * len(min_dist), 3.5), squeeze=False)
-        for ax, (subset, (d_ref, d_s)) in zip(axes[0], min_dist.items()):
-            bins = np.linspace(0, max(4.0, float(np.nanmax(d_ref))), 60)
-            ax.hist(np.clip(d_ref, 0, bins[-1]), bins=bins, alpha=0.5, label="training data")
-            ax.hist(np.clip(d_s, 0, bins[-1]), bins=bins, alpha=0.5, label="AGeDi samples")
-            ax.set_xlabel("shortest interatomic distance (Å)")
-            ax.set_title(TITLES[subset])
-            ax.legend(fontsize=8, frameon=False)
-        fig.tight_layout()
-        fig.savefig(results / "min_distance.png", dpi=110)
-        plt.close(fig)
+    figures(results, list(PROTOCOLS))
     results.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(summary, indent=2))
     print(f"wrote {summary_path}", flush=True)

@@ -1,0 +1,226 @@
+"""Time to quality: the fewest network evaluations whose samples keep the PR-AUC of the
+500-step Euler–Maruyama samples (performance issue, "time to quality").
+
+For each sampler setting ``KIND:STEPS`` (``em`` Euler–Maruyama, paper Eq. 9; ``ode``
+probability-flow ODE with Heun's method; ``pc`` Euler–Maruyama predictor + one Langevin
+corrector) the script samples one cluster for every structure of the model's training split
+(same atom counts, positions and types generated), times the compiled sampler (compile
+separately), and scores the samples against the training split with precision–recall
+curves (Sajjadi et al. 2018) on two feature protocols:
+
+* ``paper``: species-resolved SOAP averaged over atoms, k-means 20 clusters, 10 runs;
+* ``agnostic``: element-agnostic SOAP (geometry only), 20 clusters, 10 runs — the protocol
+  that reacts to position errors (see :func:`agedi_jax.evaluation.soap_features`).
+
+Network evaluations per structure: ``em`` steps + 1, ``ode`` and ``pc`` 2 × steps + 1 (the
+``+ 1`` is the final step that resolves MASK types and denoises).
+
+    python experiments/benchmarks/quality.py --run experiments/clusters/runs/cpu_gm \\
+        --settings em:500 em:100 ode:50 pc:50 --json experiments/benchmarks/results/quality_gm.json
+
+Structures are sampled in batches of ``--batch`` clusters whose atom counts are shuffled so
+that every batch has a similar size mix and one exact padding bucket serves them all (one
+compilation per setting). ``--extra NAME=PATH.extxyz`` scores an existing sample file as
+well (e.g. ``experiments/clusters/results/cpu/samples_gm.extxyz``, 500 EM steps with
+another seed: the seed-to-seed spread of the AUC). The JSON is rewritten after every
+setting, so a long run can be read while it goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Process-wide settings of the benchmarks (README): glibc keeps freed memory in one heap
+# (XLA's per-call temporary buffer is otherwise faulted in again at every call), and
+# YNNPACK fuses only dot products. Must be set before jax starts.
+os.environ.setdefault("MALLOC_ARENA_MAX", "1")
+if "--default-xla" not in sys.argv:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=dot").strip()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+EVALS = {"em": lambda s: s + 1, "ode": lambda s: 2 * s + 1, "pc": lambda s: 2 * s + 1}
+PROTOCOLS = {"paper": dict(element_agnostic=False), "agnostic": dict(element_agnostic=True)}
+
+
+def _keep_heap() -> None:
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+
+
+def parse_setting(text: str) -> tuple[str, int]:
+    """``"em:100"`` -> ``("em", 100)``; a clear error otherwise."""
+    try:
+        kind, steps = text.split(":")
+        steps = int(steps)
+    except ValueError:
+        raise SystemExit(f"setting {text!r}: expected KIND:STEPS, e.g. em:100") from None
+    if kind not in EVALS or steps < 1:
+        raise SystemExit(f"setting {text!r}: KIND is one of {sorted(EVALS)}, STEPS >= 1")
+    return kind, steps
+
+
+def sample_setting(model, params, sizes, kind: str, steps: int, seed: int, batch: int) -> tuple[list, dict]:
+    """Sample one cluster per entry of ``sizes`` (shuffled into batches of ``batch``) with
+    the sampler ``kind`` and ``steps`` steps; returns (structures, timing dict)."""
+    import jax
+    import jax.numpy as jnp
+
+    from agedi_jax.config import replace
+    from agedi_jax.graph import Bucket, atoms_from_batch, collate, encode_structures
+    from agedi_jax.sampling import make_sampler, make_templates
+
+    cfg = replace(model.config, sample=dict(sampler=kind, steps=steps))
+    order = np.random.default_rng(seed).permutation(len(sizes))
+    structures, _ = make_templates(model, n_atoms=[int(sizes[i]) for i in order], num_samples=1)
+    enc = encode_structures(structures, model.vocab, cfg.model.cutoff, max_atoms=cfg.data.max_atoms)
+    chunks = [enc[i:i + batch] for i in range(0, len(enc), batch)]
+    bucket = Bucket(max(sum(s.num_atoms for s in c) for c in chunks) + 1,
+                    max(sum(s.num_edges for s in c) for c in chunks) + 1, batch + 1)
+    run = make_sampler(model, config=cfg)
+    root = jax.random.PRNGKey(seed)
+    gen = jnp.asarray(np.arange(bucket.n_graph) < batch)
+    w = jnp.float32(1.0)
+    first = jax.tree.map(jnp.asarray, collate(chunks[0], bucket))
+    t0 = time.perf_counter()
+    compiled = run.lower(params, root, first, gen, w).compile()
+    compile_s = time.perf_counter() - t0
+    out: list = [None] * len(sizes)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for k, chunk in enumerate(chunks):
+        b = collate(chunk, bucket)
+        g = jnp.asarray(np.arange(bucket.n_graph) < len(chunk))
+        res = jax.device_get(compiled(params, jax.random.fold_in(root, k), b, g, w))
+        for j, atoms in enumerate(atoms_from_batch(res, model.vocab, label_key=None)):
+            atoms.pbc = False
+            out[order[k * batch + j]] = atoms
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    n_evals = EVALS[kind](steps)
+    return out, dict(kind=kind, steps=steps, evals=n_evals, seed=seed, n=len(sizes), batches=len(chunks),
+                     bucket=[bucket.n_node, bucket.n_edge, bucket.n_graph], compile_s=round(compile_s, 1),
+                     sample_s=round(wall, 1), sample_cpu_s=round(cpu, 1),
+                     structures_per_s=round(len(sizes) / wall, 3), load_average=round(os.getloadavg()[0], 2))
+
+
+class Scorer:
+    """PR-AUC of sample sets against one reference set (features of the reference cached)."""
+
+    def __init__(self, reference: list, runs: int = 10, clusters: int = 20):
+        from agedi_jax.evaluation import species_of
+
+        self.reference, self.runs, self.clusters = reference, runs, clusters
+        self.species = species_of(reference)
+        self._ref = {name: self._features(reference, name) for name in PROTOCOLS}
+
+    def _features(self, structures, protocol: str):
+        from agedi_jax.evaluation import soap_features
+
+        return soap_features(structures, species=self.species, sparse=True, **PROTOCOLS[protocol])
+
+    def __call__(self, samples: list) -> dict:
+        from agedi_jax.evaluation import compute_prd_from_embedding, prd_auc
+        from agedi_jax.evaluation.validity import validity
+
+        extra = sorted(set(species for a in samples for species in a.get_chemical_symbols()) - set(self.species))
+        out: dict = {}
+        for name in PROTOCOLS:
+            if extra and name == "paper":  # samples with elements absent from the reference
+                from agedi_jax.evaluation import species_of
+
+                sp = species_of(self.reference, samples)
+                from agedi_jax.evaluation import soap_features
+
+                f_ref = soap_features(self.reference, species=sp, sparse=True, **PROTOCOLS[name])
+                f_s = soap_features(samples, species=sp, sparse=True, **PROTOCOLS[name])
+            else:
+                f_ref, f_s = self._ref[name], self._features(samples, name)
+            p, r = compute_prd_from_embedding(f_s, f_ref, num_clusters=self.clusters, num_runs=self.runs,
+                                              enforce_balance=False)
+            out[f"auc_{name}"] = round(prd_auc(p, r), 4)
+        v = validity(samples)
+        out["frac_valid"] = round(float(v["frac_valid"]), 4)
+        out["median_min_distance"] = round(float(np.median(v["min_distance"])), 3)
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, default=HERE.parents[1] / "experiments/clusters/runs/cpu_gm",
+                    help="run directory or checkpoint of the cluster model")
+    ap.add_argument("--settings", nargs="+", default=["em:100", "ode:50", "pc:50", "em:200", "ode:25",
+                                                      "em:50", "ode:100", "pc:100", "em:500"])
+    ap.add_argument("--extra", nargs="*", default=[], help="NAME=PATH.extxyz sample files to score too")
+    ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--max-reference", type=int, default=0, help="0: the whole training split")
+    ap.add_argument("--runs", type=int, default=10, help="k-means runs per PRD curve")
+    ap.add_argument("--json", type=Path, default=HERE / "results" / "quality_gm.json")
+    ap.add_argument("--default-xla", action="store_true", help="keep XLA's default YNNPACK fusions")
+    args = ap.parse_args(argv)
+    _keep_heap()
+
+    sys.path.insert(0, str(HERE.parents[1] / "experiments" / "clusters"))
+    import settings as cluster_settings
+
+    from agedi_jax.sampling import load_model
+
+    model, params, config = load_model(args.run)
+    reference = cluster_settings.reference_set(config, args.max_reference or None)
+    sizes = [len(a) for a in reference]
+    print(f"{args.run}: {len(reference)} reference clusters of {min(sizes)}-{max(sizes)} atoms; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    t0 = time.perf_counter()
+    scorer = Scorer(reference, runs=args.runs)
+    print(f"reference features in {time.perf_counter() - t0:.0f} s", flush=True)
+    result: dict = dict(run=str(args.run), n_reference=len(reference), runs=args.runs, protocols=list(PROTOCOLS),
+                        xla_flags=os.environ.get("XLA_FLAGS", ""), rows=[])
+    if args.json.exists():  # resume: keep rows already computed with the same reference
+        old = json.loads(args.json.read_text())
+        if old.get("run") == result["run"] and old.get("n_reference") == len(reference):
+            result["rows"] = old.get("rows", [])
+    done = {(r["kind"], r["steps"], r.get("seed")) for r in result["rows"]}
+
+    def save():
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+
+    from ase.io import read
+
+    for item in args.extra:
+        name, path = item.split("=", 1)
+        if (name, 0, None) in done:
+            continue
+        samples = read(path, ":")
+        for a in samples:
+            a.pbc = False
+        row = dict(kind=name, steps=0, seed=None, source=path, n=len(samples), **scorer(samples))
+        result["rows"].append(row)
+        save()
+        print(json.dumps(row), flush=True)
+    for text in args.settings:
+        kind, steps = parse_setting(text)
+        if (kind, steps, args.seed) in done:
+            continue
+        samples, row = sample_setting(model, params, sizes, kind, steps, args.seed, args.batch)
+        t0 = time.perf_counter()
+        row.update(scorer(samples))
+        row["score_s"] = round(time.perf_counter() - t0, 1)
+        result["rows"].append(row)
+        save()
+        print(json.dumps(row), flush=True)
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -59,6 +59,10 @@ def main(argv=None) -> int:
     ap.add_argument("--tsne-points", type=int, default=1000, help="training points in the t-SNE map")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--save-samples", type=Path, default=None,
+                    help="write the samples (extxyz) and stop: sample on a GPU, score elsewhere")
+    ap.add_argument("--samples", type=Path, default=None,
+                    help="score these samples (from --save-samples with the same --data, --num-templates, --seed)")
     args = ap.parse_args(argv)
     tag = args.tag or f"{args.features}"
 
@@ -72,10 +76,28 @@ def main(argv=None) -> int:
     keep = labels > 0
     templates, labels, idx = [t for t, k in zip(templates, keep) if k], labels[keep], idx[keep]
 
-    model, params, config = load_model(args.checkpoint)
     t0 = time.perf_counter()
-    samples = sample_templates(model, params, templates, labels, [args.w], steps=args.steps, seed=args.seed)[args.w]
+    if args.samples is not None:
+        import ase.io
+
+        samples = ase.io.read(args.samples, index=":")
+        if len(samples) != len(templates) or any(
+            a.get_chemical_formula() != t.get_chemical_formula() for a, t in zip(samples, templates)
+        ):
+            raise SystemExit(f"{args.samples} does not hold the samples of these templates "
+                             f"(--data, --num-templates and --seed must be those of --save-samples)")
+    else:
+        model, params, config = load_model(args.checkpoint)
+        samples = sample_templates(model, params, templates, labels, [args.w], steps=args.steps,
+                                   seed=args.seed)[args.w]
     sample_s = time.perf_counter() - t0
+    if args.save_samples is not None:
+        import ase.io
+
+        args.save_samples.parent.mkdir(parents=True, exist_ok=True)
+        ase.io.write(args.save_samples, samples, format="extxyz")
+        print(f"wrote {len(samples)} samples to {args.save_samples} in {sample_s:.1f} s")
+        return 0
 
     sets = {"AGeDi-JAX": samples}
     baselines = {f"templates {100 * len(idx) / len(ref):.0f}% σ=0": templates}

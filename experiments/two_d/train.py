@@ -40,7 +40,10 @@ def budget_steps(cfg, args, dataset, t_start: float):
     t1 = time.perf_counter()
     res = fit(cfg, args.out, resume=True, progress=False, dataset=dataset, stop_at=2 * chunk)
     wall = (time.perf_counter() - t1) / chunk  # includes the restart overhead: an upper bound
-    rates = [r["steps_per_s"] for r in res.metrics if r.get("split") == "train" and chunk < r["step"] <= 2 * chunk]
+    # the first log interval after the restart holds the restart's warm-up: leave it out
+    log_every = cfg.train.log_every
+    rates = [r["steps_per_s"] for r in res.metrics
+             if r.get("split") == "train" and chunk + log_every < r["step"] <= 2 * chunk]
     per_step = min(wall, 1.0 / float(np.median(rates))) if rates else wall
     left = args.seconds - (time.perf_counter() - t_start)
     # validation and checkpoints cost extra: keep 15 % in hand

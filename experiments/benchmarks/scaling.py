@@ -11,7 +11,7 @@ the jitted training step (``model.make_train_step``) and one joint sampling step
     python experiments/benchmarks/scaling.py                   # CPU: batch 16→512, atoms 13→55
     python experiments/benchmarks/scaling.py --networks painn --batches 16 64 256
 
-Writes ``results/scaling.json`` and ``scaling.png`` (time per structure against batch size
+Process settings as ``run_all.py`` (``--no-tuning`` leaves them out). Writes ``results/scaling.json`` and ``scaling.png`` (time per structure against batch size
 and atoms; flat lines = linear cost).
 """
 
@@ -160,6 +160,10 @@ def plot(res: dict, path: Path) -> None:
             axes[1].loglog(n, [r[kind]["median"] for r in rows], ls, marker="o", label=f"{net} {kind.split('_')[0]}")
     axes[1].set_xlabel("atoms per structure")
     axes[1].set_ylabel(f"ms per step (batch {res['base_batch']})")
+    for ax, key, field in ((axes[0], "batch", "structures"), (axes[1], "atoms", "atoms_per_structure")):
+        ticks = sorted({r[field] for rows in res[key].values() for r in rows})
+        ax.set_xticks(ticks, [str(x) for x in ticks])
+        ax.minorticks_off()
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -179,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", type=Path, default=R.RESULTS / "scaling.json")
     ap.add_argument("--plot", type=Path, default=HERE / "scaling.png")
+    ap.add_argument("--no-tuning", action="store_true", help="default glibc heap and XLA fusions")
     args = ap.parse_args(argv)
+    if not args.no_tuning and "jax" not in sys.modules:  # run_all.py's process settings
+        R._process_settings()
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=dot").strip()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     res = run(args.networks, args.batches, args.atoms, args.base_batch, args.base_atoms, args.repeats, args.json)
     for k, v in res["linearity"].items():

@@ -2,7 +2,7 @@
 # The CPU-budget model of the 2D study (about 2 h on 2 shared CPU cores); rerun to resume.
 cd "$(dirname "$0")/../.." || exit 1
 exec python experiments/two_d/train.py --preset c2db \
-  --set data.dataset=/work/shared/data/c2db/train.csv --set data.val_fraction=0.05 \
+  --set data.dataset=${AGEDI_JAX_DATA:-../shared/data}/c2db/train.csv --set data.val_fraction=0.05 \
   --set model.network=painn --set model.features=64 --set model.num_layers=3 --set model.cutoff=5.0 \
   --set train.steps=16000 --set train.batch_size=32 --set train.learning_rate=1e-3 \
   --set train.warmup_steps=200 --set train.ema_decay=0.999 --set train.label_dropout=0.1 \

@@ -116,6 +116,8 @@ def figures(results: Path, protocols) -> None:
         fig.tight_layout()
         fig.savefig(results / "tsne.png", dpi=100)
         plt.close(fig)
+    # the sample files are not committed (size): plot the subsets whose samples are here
+    subsets = [s for s in subsets if (results / f"samples_{s}.extxyz").exists()]
     if subsets:
         fig, axes = plt.subplots(1, len(subsets), figsize=(5 * len(subsets), 3.5), squeeze=False)
         for ax, subset in zip(axes[0], subsets):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import traceback
@@ -93,18 +92,17 @@ def headline(num: int, steps: int, n_atoms: int, res: dict, save: Path | None) -
 
 
 def sanity(atoms: list, n_atoms: int) -> dict:
+    """Mono-metallic fraction, shortest-distance quantiles (first 2,000 samples) and the
+    elements of the mono-metallic samples (``agedi_jax.evaluation`` statistics)."""
     from collections import Counter
 
-    from ase.geometry import get_distances
+    from agedi_jax.evaluation import composition_stats, validity
 
-    mins = []
-    for a in atoms[:2000]:
-        _, d = get_distances(a.positions)
-        d = d + np.eye(len(a)) * 1e9
-        mins.append(d.min())
-    mono = np.mean([len(set(a.get_chemical_symbols())) == 1 for a in atoms])
-    el = Counter(a.get_chemical_symbols()[0] for a in atoms if len(set(a.get_chemical_symbols())) == 1)
-    return {"mono_metallic": float(mono), "min_distance_q": [float(x) for x in np.percentile(mins, [5, 50, 95])],
+    comp = composition_stats(atoms)
+    mins = validity(atoms[:2000])["min_distance"]
+    el = Counter(a.get_chemical_symbols()[0] for a, k in zip(atoms, comp["n_elements"]) if k == 1)
+    return {"mono_metallic": comp["fraction_monoelement"],
+            "min_distance_q": [float(x) for x in np.percentile(mins, [5, 50, 95])],
             "elements": dict(el), "finite": bool(all(np.isfinite(a.positions).all() for a in atoms))}
 
 

@@ -46,16 +46,12 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import run_all as R  # noqa: E402  (helpers only; importing it changes no setting)
+
 EVALS = {"em": lambda s: s + 1, "ode": lambda s: 2 * s + 1, "pc": lambda s: 2 * s + 1}
 PROTOCOLS = {"paper": dict(element_agnostic=False), "agnostic": dict(element_agnostic=True)}
-
-
-def _keep_heap() -> None:
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
-    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
 
 
 def parse_setting(text: str) -> tuple[str, int]:
@@ -167,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=HERE / "results" / "quality_gm.json")
     ap.add_argument("--default-xla", action="store_true", help="keep XLA's default YNNPACK fusions")
     args = ap.parse_args(argv)
-    _keep_heap()
+    R._process_settings()  # glibc heap settings of run_all.py
 
     sys.path.insert(0, str(HERE.parents[1] / "experiments" / "clusters"))
     import settings as cluster_settings

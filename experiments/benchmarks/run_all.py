@@ -187,17 +187,63 @@ def near_data_state(model, batch, t: float, seed: int = 1):
     return batch._replace(positions=batch.positions + std * noise)
 
 
+def _flops(compiled) -> float:
+    ca = compiled.cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    return float(ca.get("flops", float("nan")))
+
+
+def step_timings(model, cfg, state, batch, late, repeats: int, out: dict, train: bool = True, warmup: int = 2):
+    """Compile and time the package's jitted training step on ``batch`` (state donated,
+    chained as in training) and one joint sampling step (``sampling.make_step`` at
+    t = T_LATE, jitted alone) on ``late``; figures go into ``out``. Returns the parameters
+    the sampling step used (the trained EMA parameters when ``train``)."""
+    import jax
+    import jax.numpy as jnp
+
+    from agedi_jax.model import make_train_step
+    from agedi_jax.sampling import make_step
+
+    key = jax.random.PRNGKey(1)
+    params = state.ema_params
+    if train:
+        t0, c0 = time.perf_counter(), time.process_time()
+        train_c = make_train_step(model).lower(state, batch, key).compile()
+        out["compile_train_s"] = time.perf_counter() - t0
+        out["compile_train_cpu_s"] = time.process_time() - c0
+        holder = {"s": state, "i": 0}
+
+        def train_once():
+            holder["i"] += 1
+            holder["s"], m = train_c(holder["s"], batch, jax.random.fold_in(key, holder["i"]))
+            jax.block_until_ready(m["loss"])
+
+        out["train_step_ms"] = timed(train_once, repeats, warmup)
+        out["train_flops"] = _flops(train_c)
+        params = holder["s"].ema_params
+
+    dt = (1.0 - cfg.process.t_eps) / cfg.sample.steps
+    step_fn = make_step(model, cfg)
+    score_fn = model.score_fn(params)
+    one = jax.jit(lambda k, s: step_fn(k, s, jnp.float32(T_LATE), jnp.float32(T_LATE - dt), score_fn))
+    t0 = time.perf_counter()
+    one_c = one.lower(key, late).compile()
+    out["compile_step_s"] = time.perf_counter() - t0
+    out["sample_step_flops"] = _flops(one_c)
+    out["sample_step_ms"] = timed(lambda: jax.block_until_ready(one_c(key, late).positions), repeats, warmup)
+    return params
+
+
 def jax_workloads(network: str, repeats: int, scan_steps: int, samplers: bool = True, compile_sampler: bool = True,
                   clusters: int = N_CLUSTERS, atoms_list: list | None = None, model_overrides: dict | None = None) -> dict:
     """Time the training step, the sampling step (alone and inside the scan) and compiles."""
     import jax
     import jax.numpy as jnp
 
-    from agedi_jax import samplers as SM
     from agedi_jax.config import replace
     from agedi_jax.graph import TypeVocab, edge_vectors
-    from agedi_jax.model import build_model, init_state, make_train_step
-    from agedi_jax.sampling import make_sampler, make_step
+    from agedi_jax.model import build_model, init_state
+    from agedi_jax.sampling import make_sampler
 
     vocab = TypeVocab(("Ni", "Cu", "Pd", "Ag", "Pt", "Au"))
     atoms = atoms_list if atoms_list is not None else pt13_atoms(clusters)
@@ -212,39 +258,9 @@ def jax_workloads(network: str, repeats: int, scan_steps: int, samplers: bool = 
     late = near_data_state(model, batch, T_LATE)
     out["edges_in_cutoff_late"] = int(jnp.sum(edge_vectors(late, CUTOFF).mask))
 
-    # training step: the package's jitted step (state donated), chained as in training
-    step = make_train_step(model)
     key = jax.random.PRNGKey(1)
-    t0, c0 = time.perf_counter(), time.process_time()
-    train_c = step.lower(state, batch, key).compile()
-    out["compile_train_s"] = time.perf_counter() - t0
-    out["compile_train_cpu_s"] = time.process_time() - c0
-    holder = {"s": state, "i": 0}
-
-    def train_once():
-        holder["i"] += 1
-        holder["s"], m = train_c(holder["s"], batch, jax.random.fold_in(key, holder["i"]))
-        jax.block_until_ready(m["loss"])
-
-    out["train_step_ms"] = timed(train_once, repeats)
+    params = step_timings(model, cfg, state, batch, late, repeats, out, train=True)
     out["train_structures_per_s"] = 1e3 * len(atoms) / out["train_step_ms"]["median"]
-    ca = train_c.cost_analysis()
-    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-    out["train_flops"] = float(ca.get("flops", float("nan")))
-    params = holder["s"].ema_params
-
-    # one sampling step, jitted alone, at the late state
-    dt = (1.0 - cfg.process.t_eps) / cfg.sample.steps
-    step_fn = make_step(model, cfg)
-    score_fn = model.score_fn(params)
-    one = jax.jit(lambda k, s: step_fn(k, s, jnp.float32(T_LATE), jnp.float32(T_LATE - dt), score_fn))
-    t0 = time.perf_counter()
-    one_c = one.lower(key, late).compile()
-    out["compile_step_s"] = time.perf_counter() - t0
-    ca = one_c.cost_analysis()
-    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-    out["sample_step_flops"] = float(ca.get("flops", float("nan")))
-    out["sample_step_ms"] = timed(lambda: jax.block_until_ready(one_c(key, late).positions), repeats)
 
     # the same step inside the compiled scan of make_sampler: (prior + N steps + final) / N
     gen = jnp.asarray(batch.graph_mask)

@@ -54,44 +54,19 @@ def clusters(num: int, n_atoms: int, seed: int = 0) -> list:
 def measure(network: str, atoms: list, repeats: int, train: bool = True) -> dict:
     """Median training-step and sampling-step time (ms) on the exact batch of ``atoms``."""
     import jax
-    import jax.numpy as jnp
 
     from agedi_jax.graph import TypeVocab
-    from agedi_jax.model import build_model, init_state, make_train_step
-    from agedi_jax.sampling import make_step
+    from agedi_jax.model import build_model, init_state
 
     vocab = TypeVocab(("Ni", "Cu", "Pd", "Ag", "Pt", "Au"))
     cfg = R.benchmark_config(network)
     model = build_model(cfg, vocab)
     batch = R.exact_batch(atoms, vocab)
     state = init_state(model, jax.random.PRNGKey(0), batch)
-    key = jax.random.PRNGKey(1)
     out: dict[str, Any] = {"network": network, "structures": len(atoms), "atoms_per_structure": len(atoms[0]),
                            "edges": int(batch.edge_mask.sum())}
-    if train:
-        t0 = time.perf_counter()
-        train_c = make_train_step(model).lower(state, batch, key).compile()
-        out["compile_train_s"] = time.perf_counter() - t0
-        holder = {"s": state, "i": 0}
-
-        def train_once():
-            holder["i"] += 1
-            holder["s"], m = train_c(holder["s"], batch, jax.random.fold_in(key, holder["i"]))
-            jax.block_until_ready(m["loss"])
-
-        out["train_step_ms"] = R.timed(train_once, repeats, warmup=1)
-        params = holder["s"].ema_params
-    else:
-        params = state.ema_params
-    late = R.near_data_state(model, batch, R.T_LATE)
-    dt = (1.0 - cfg.process.t_eps) / cfg.sample.steps
-    step_fn = make_step(model, cfg)
-    score_fn = model.score_fn(params)
-    one = jax.jit(lambda k, s: step_fn(k, s, jnp.float32(R.T_LATE), jnp.float32(R.T_LATE - dt), score_fn))
-    t0 = time.perf_counter()
-    one_c = one.lower(key, late).compile()
-    out["compile_step_s"] = time.perf_counter() - t0
-    out["sample_step_ms"] = R.timed(lambda: jax.block_until_ready(one_c(key, late).positions), repeats, warmup=1)
+    R.step_timings(model, cfg, state, batch, R.near_data_state(model, batch, R.T_LATE), repeats, out,
+                   train=train, warmup=1)
     return out
 
 

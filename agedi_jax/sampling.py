@@ -201,7 +201,7 @@ def make_sampler(
 
 def _build_sampler(model: DiffusionModel, guided: bool, interpolate, cfg: Config):
     step = make_step(model, cfg)
-    grid = samplers.time_grid(cfg.sample.steps, cfg.process.t_eps)
+    grid = samplers.time_grid(cfg.sample.steps, cfg.process.t_eps, cfg.sample.grid)
     final = samplers.finalize(model.sde if cfg.sample.denoise else None, resolve_types=model.process is not None)
 
     def run(params, key, template: AtomsBatch, generate_types: jax.Array, w: jax.Array) -> AtomsBatch:

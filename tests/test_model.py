@@ -234,6 +234,9 @@ def test_config_overrides_and_presets():
         override(cfg, ["train.steps=ten"])
     with pytest.raises(ValueError, match="process.schedule='cosine' with sde='ve'"):
         override(cfg, ["process.schedule=cosine"])
+    assert override(cfg, ["sample.grid=log"]).sample.grid == "log"
+    with pytest.raises(ValueError, match="sample.grid='cosine'"):
+        override(cfg, ["sample.grid=cosine"])
     for name in ("qcd_gm", "qcd_de200", "c2db"):
         p = preset(name)
         assert p.process.sde == "ve" and p.process.schedule == "linear"

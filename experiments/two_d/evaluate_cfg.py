@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", type=float, nargs="+", default=list(WEIGHTS))
     ap.add_argument("--steps", type=int, default=100, help="Euler–Maruyama steps")
     ap.add_argument("--sampler", default="em", choices=["em", "pc", "ode"])
+    ap.add_argument("--grid", default="uniform", choices=["uniform", "quadratic", "log"],
+                    help="time-grid spacing (sample.grid)")
     ap.add_argument("--num", type=int, default=None, help="use the first NUM structures only")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=128)
@@ -123,11 +125,12 @@ def main(argv=None) -> int:
         raise SystemExit(f"elements {unknown} of {args.data} are not in the model's vocabulary")
     print(f"{len(structures)} structures from {args.data} ({args.positions} positions); "
           f"model {config.model.network} {config.model.features}x{config.model.num_layers}; "
-          f"{args.steps} {args.sampler} steps; weights {args.weights}", flush=True)
+          f"{args.steps} {args.sampler} steps ({args.grid} grid); weights {args.weights}", flush=True)
 
     t0 = time.perf_counter()
     samples = sample_templates(model, params, structures, targets, args.weights, steps=args.steps,
-                               seed=args.seed, batch_size=args.batch_size, sampler=args.sampler)
+                               seed=args.seed, batch_size=args.batch_size, sampler=args.sampler,
+                               grid=args.grid)
     sample_s = time.perf_counter() - t0
     predicted = {w: layer_groups(s) for w, s in samples.items()}
     validity = {w: validity_summary(s) for w, s in samples.items()}
@@ -136,7 +139,7 @@ def main(argv=None) -> int:
     print_table(acc, validity)
     result = dict(
         data=str(args.data), positions=args.positions, checkpoint=str(args.checkpoint), steps=args.steps,
-        sampler=args.sampler, seed=args.seed, n=len(structures), weights=args.weights,
+        sampler=args.sampler, grid=args.grid, seed=args.seed, n=len(structures), weights=args.weights,
         accuracy=acc, validity=validity, sample_seconds=round(sample_s, 1),
         total_seconds=round(time.perf_counter() - t_start, 1),
         targets=targets.tolist(), predicted={str(w): p.tolist() for w, p in predicted.items()},
@@ -149,7 +152,7 @@ def main(argv=None) -> int:
         args.out.write_text(json.dumps(result, indent=1))
         print(f"wrote {args.out}")
     if args.plot:
-        plot_accuracy(acc, args.plot, title=f"{Path(args.data).name}, {args.steps} {args.sampler} steps")
+        plot_accuracy(acc, args.plot, title=f"{Path(args.data).name}, {args.steps} {args.sampler} steps, {args.grid} grid")
     if args.samples_out:
         from ase.io import write
 

@@ -43,12 +43,13 @@ def sample_templates(
     seed: int = 0,
     batch_size: int = 128,
     sampler: str = "em",
+    grid: str = "uniform",
     progress: bool = True,
 ) -> dict[float, list]:
     """Generate positions for every template (cell, pbc, composition) at every guidance
     weight ``w`` (Eq. 19: 1 = conditional, 0 = unconditional). Returns ``{w: [Atoms]}`` in
     template order; ``info`` holds label, guidance, steps, seed and index."""
-    cfg = replace(model.config, sample={"steps": int(steps), "seed": int(seed), "sampler": sampler})
+    cfg = replace(model.config, sample={"steps": int(steps), "seed": int(seed), "sampler": sampler, "grid": grid})
     labels = [int(x) for x in labels]
     encoded = encode_structures(list(templates), model.vocab, cfg.model.cutoff, labels=labels,
                                 max_atoms=cfg.data.max_atoms)

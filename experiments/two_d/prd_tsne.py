@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--num-templates", type=int, default=1000)
     ap.add_argument("--w", type=float, default=1.0, help="guidance weight of the samples")
     ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--grid", default="uniform", choices=["uniform", "quadratic", "log"], help="time-grid spacing")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sigmas", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2, 0.3])
     ap.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.5])
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
     else:
         model, params, config = load_model(args.checkpoint)
         samples = sample_templates(model, params, templates, labels, [args.w], steps=args.steps,
-                                   seed=args.seed)[args.w]
+                                   seed=args.seed, grid=args.grid)[args.w]
     sample_s = time.perf_counter() - t0
     if args.save_samples is not None:
         import ase.io
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     lg = layer_groups(samples)
     result = dict(
         checkpoint=str(args.checkpoint), data=args.data, n_reference=len(ref), n_templates=len(templates),
-        w=args.w, steps=args.steps, seed=args.seed, features=args.features, auc=aucs,
+        w=args.w, steps=args.steps, grid=args.grid, seed=args.seed, features=args.features, auc=aucs,
         curves={k: dict(precision=np.round(c[0], 4).tolist(), recall=np.round(c[1], 4).tolist())
                 for k, c in curves.items()},
         layer_group_accuracy=float(np.mean(lg == labels)),

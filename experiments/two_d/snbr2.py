@@ -59,7 +59,7 @@ def dist(groups: np.ndarray) -> dict:
             "top": dict(c.most_common(4))}
 
 
-def part_snbr2(model, params, train, weights, copies, steps, seed) -> dict:
+def part_snbr2(model, params, train, weights, copies, steps, seed, grid="uniform") -> dict:
     cells = snbr2_cells(train)
     templates, labels, names = [], [], []
     for name, a in cells.items():
@@ -67,7 +67,7 @@ def part_snbr2(model, params, train, weights, copies, steps, seed) -> dict:
             templates += [a] * copies
             labels += [lab] * copies
             names += [name] * copies
-    samples = sample_templates(model, params, templates, labels, weights, steps=steps, seed=seed)
+    samples = sample_templates(model, params, templates, labels, weights, steps=steps, seed=seed, grid=grid)
     names, labels = np.array(names), np.array(labels)
     out: dict = {}
     for name in cells:
@@ -85,7 +85,7 @@ def part_snbr2(model, params, train, weights, copies, steps, seed) -> dict:
     return dict(cells=out, validity=allv)
 
 
-def part_mx2(model, params, train, weights, steps, seed) -> dict:
+def part_mx2(model, params, train, weights, steps, seed, grid="uniform") -> dict:
     by = defaultdict(dict)
     for a, lab in zip(train.structures, train.labels):
         if len(a) == 3 and int(lab) in (P3M1, P6M2) and int(lab) not in by[a.get_chemical_formula()]:
@@ -98,7 +98,7 @@ def part_mx2(model, params, train, weights, steps, seed) -> dict:
                 templates.append(by[f][cell_phase])
                 labels.append(lab)
                 phase.append(cell_phase)
-    samples = sample_templates(model, params, templates, labels, weights, steps=steps, seed=seed)
+    samples = sample_templates(model, params, templates, labels, weights, steps=steps, seed=seed, grid=grid)
     labels, phase = np.array(labels), np.array(phase)
     table = {}
     for w, s in samples.items():
@@ -119,6 +119,7 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0, 3.0])
     ap.add_argument("--copies", type=int, default=64)
     ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--grid", default="uniform", choices=["uniform", "quadratic", "log"], help="time-grid spacing")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-mx2", action="store_true")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "snbr2.json")
@@ -126,14 +127,14 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     train = load_c2db_repaired(args.data)
     model, params, _ = load_model(args.checkpoint)
-    res = dict(checkpoint=str(args.checkpoint), steps=args.steps, seed=args.seed, weights=args.weights)
-    res["snbr2"] = part_snbr2(model, params, train, args.weights, args.copies, args.steps, args.seed)
+    res = dict(checkpoint=str(args.checkpoint), steps=args.steps, grid=args.grid, seed=args.seed, weights=args.weights)
+    res["snbr2"] = part_snbr2(model, params, train, args.weights, args.copies, args.steps, args.seed, args.grid)
     for name, row in res["snbr2"]["cells"].items():
         print(name)
         for k, v in row.items():
             print(f"   {k:24s} p-3m1 {v['72']:.2f}  p-6m2 {v['78']:.2f}  other {v['other']:.2f}   {v['top']}")
     if not args.skip_mx2:
-        res["mx2"] = part_mx2(model, params, train, args.weights, args.steps, args.seed)
+        res["mx2"] = part_mx2(model, params, train, args.weights, args.steps, args.seed, args.grid)
         print(f"all {res['mx2']['n_formulas']} MX2 formulas with both phases in the training data:")
         for k, v in res["mx2"]["table"].items():
             print(f"   {k:32s} p-3m1 {v['72']:.2f}  p-6m2 {v['78']:.2f}  other {v['other']:.2f}")

@@ -36,12 +36,15 @@ def budget_steps(cfg, args, dataset, t_start: float):
     from agedi_jax.config import replace
 
     chunk = max(1, cfg.train.warmup_steps // 4)
-    fit(cfg, args.out, resume=not args.restart, progress=False, dataset=dataset, stop_at=chunk)
+    # log often inside the probe chunks (logging does not change the numbers), so that the
+    # step rate comes from logged intervals and not from a wall time that holds the restart
+    log_every = max(1, min(cfg.train.log_every, chunk // 5))
+    probe = replace(cfg, train=dict(log_every=log_every))
+    fit(probe, args.out, resume=not args.restart, progress=False, dataset=dataset, stop_at=chunk)
     t1 = time.perf_counter()
-    res = fit(cfg, args.out, resume=True, progress=False, dataset=dataset, stop_at=2 * chunk)
+    res = fit(probe, args.out, resume=True, progress=False, dataset=dataset, stop_at=2 * chunk)
     wall = (time.perf_counter() - t1) / chunk  # includes the restart overhead: an upper bound
     # the first log interval after the restart holds the restart's warm-up: leave it out
-    log_every = cfg.train.log_every
     rates = [r["steps_per_s"] for r in res.metrics
              if r.get("split") == "train" and chunk + log_every < r["step"] <= 2 * chunk]
     per_step = min(wall, 1.0 / float(np.median(rates))) if rates else wall

@@ -1,0 +1,101 @@
+"""At which noise level does a 2D model lose the symmetry? (a diagnostic for Fig. 7a)
+
+The structures of a CSV are noised with the forward kernel to a time ``t0`` (kernel std in Å
+printed beside it) and then denoised by the model with its own label (w = 1): the reverse
+SDE from ``t0`` to ``t_eps`` (Euler–Maruyama, the same step size in t as ``--steps`` over
+the whole interval, at least 5 steps) and the final Tweedie step. The layer group (spglib,
+symprec 0.1 Å) of the noised input and of the result is compared with the label.
+``t0 = 1`` is ordinary sampling from the prior. A model that has learned the data's
+symmetric arrangements recovers them from small noise; where the recovery falls to the
+prior's value the model no longer knows the registry.
+
+    python experiments/two_d/symmetry_recovery.py experiments/two_d/runs/cpu \\
+        --out experiments/two_d/results/cpu/symmetry_recovery.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from c2db_fix import load_c2db_repaired  # noqa: E402
+
+from agedi_jax import samplers, sde as S  # noqa: E402
+from agedi_jax.graph import batch_from_atoms  # noqa: E402
+from agedi_jax.sampling import load_model, make_step  # noqa: E402
+from agedi_jax.symmetry import layer_group  # noqa: E402
+
+TIMES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 1.0)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--data", default="/work/shared/data/c2db/val.csv")
+    ap.add_argument("--num", type=int, default=96, help="first NUM structures (one batch)")
+    ap.add_argument("--times", type=float, nargs="+", default=list(TIMES))
+    ap.add_argument("--steps", type=int, default=100, help="steps over the whole interval (t_eps, 1]")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    model, params, cfg = load_model(args.checkpoint)
+    data = load_c2db_repaired(args.data)
+    keep = [i for i in range(len(data)) if int(data.labels[i]) > 0][: args.num]
+    atoms = [data.structures[i] for i in keep]
+    labels = np.asarray([int(data.labels[i]) for i in keep])
+    batch = jax.tree.map(jnp.asarray, batch_from_atoms(atoms, model.vocab, cfg.model.cutoff, labels=labels))
+    mask, gi = np.asarray(batch.node_mask), np.asarray(batch.graph_index)
+    step = make_step(model, cfg)
+    final = samplers.finalize(model.sde)
+    score_fn = model.score_fn(params)
+    t_eps = cfg.process.t_eps
+
+    def accuracy(positions) -> float:
+        hits = []
+        for g, (a, lab) in enumerate(zip(atoms, labels)):
+            b = a.copy()
+            b.positions = positions[mask & (gi == g)]
+            hits.append(layer_group(b) == lab)
+        return float(np.mean(hits))
+
+    rows = []
+    print(f"{len(atoms)} structures of {args.data}; {model.config.process.sde} {model.config.process.schedule} "
+          f"schedule; EM, {args.steps} steps per unit time")
+    for t0 in args.times:
+        tic = time.perf_counter()
+        n = max(5, int(round(args.steps * (t0 - t_eps) / (1 - t_eps))))
+        key = jax.random.PRNGKey(args.seed)
+        if t0 >= 1.0:
+            start = samplers.prior_state(key, batch, model.sde, mask_types=False)
+        else:
+            start, _, _ = S.noise_positions(key, model.sde, batch, jnp.full((batch.num_graphs,), t0, jnp.float32))
+        grid = jnp.linspace(t0, t_eps, n + 1)
+        run = jax.jit(lambda k, s, grid=grid: samplers.sample(k, s, score_fn, step, grid, final))
+        out = run(jax.random.PRNGKey(args.seed + 1), start)
+        row = dict(t0=t0, std_A=float(model.sde.std(jnp.float32(t0))), steps=n,
+                   noised=accuracy(np.asarray(start.positions)), denoised=accuracy(np.asarray(out.positions)))
+        rows.append(row)
+        print(f"t0={t0:<6g} std {row['std_A']:6.3f} Å  {n:4d} steps: layer group kept by the noised input "
+              f"{row['noised']:.3f}, recovered by the model {row['denoised']:.3f}  ({time.perf_counter() - tic:.0f} s)",
+              flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(dict(checkpoint=str(args.checkpoint), data=args.data, num=len(atoms),
+                                            steps_per_unit_time=args.steps, seed=args.seed,
+                                            config=json.loads(cfg.to_json()), rows=rows), indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -41,7 +41,9 @@ def main(argv=None) -> int:
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("--data", default="/work/shared/data/c2db/val.csv")
     ap.add_argument("--num", type=int, default=64)
-    ap.add_argument("--times", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.2, 0.4])
+    ap.add_argument("--stds", type=float, nargs="+", default=[0.06, 0.26, 0.51, 1.01, 2.0],
+                    help="kernel stds (Å) at which to compare (the times follow from the schedule)")
+    ap.add_argument("--times", type=float, nargs="+", default=None, help="times instead of --stds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -53,6 +55,10 @@ def main(argv=None) -> int:
     batch = jax.tree.map(jnp.asarray, batch_from_atoms(atoms, model.vocab, cfg.model.cutoff, labels=labels))
     mask = np.asarray(batch.node_mask)
     gi = np.asarray(batch.graph_index)[mask]
+    if args.times is None:
+        ts = np.linspace(cfg.process.t_eps, 1.0, 200_001)
+        stds = np.asarray(model.sde.std(jnp.asarray(ts, jnp.float32)), np.float64)
+        args.times = [float(np.interp(np.log(s), np.log(stds), ts)) for s in args.stds]
     rows = []
     for t in args.times:
         tt = jnp.full((batch.num_graphs,), t, jnp.float32)
@@ -70,7 +76,7 @@ def main(argv=None) -> int:
         row["xy_target_centred"] = float(np.mean(e_c**2))
         row["xy_residual_centred"] = float(np.mean(r_c**2))
         rows.append(row)
-        print(f"t={t:<5g} std {row['std_A']:6.3f} Å   xy: residual {row['xy_residual']:.3f} of {row['xy_target']:.3f}"
+        print(f"t={t:<7.4g} std {row['std_A']:6.3f} Å   xy: residual {row['xy_residual']:.3f} of {row['xy_target']:.3f}"
               f" (without the global translation {row['xy_residual_centred']:.3f} of {row['xy_target_centred']:.3f})"
               f"   z: residual {row['z_residual']:.3f} of {row['z_target']:.3f}")
     if args.out:

@@ -1,9 +1,10 @@
 """At which noise level does a 2D model lose the symmetry? (a diagnostic for Fig. 7a)
 
-The structures of a CSV are noised with the forward kernel to a time ``t0`` (kernel std in Å
-printed beside it) and then denoised by the model with its own label (w = 1): the reverse
-SDE from ``t0`` to ``t_eps`` (Euler–Maruyama, the same step size in t as ``--steps`` over
-the whole interval, at least 5 steps) and the final Tweedie step. The layer group (spglib,
+The structures of a CSV are noised with the forward kernel to a time ``t0`` (chosen so that
+the kernel std is each of ``--stds`` Å, whatever the schedule) and then denoised by the model with its own label (w = 1): the reverse
+SDE from ``t0`` to ``t_eps`` (Euler–Maruyama on a grid geometric in the kernel std, so that
+linear and geometric schedules are discretised alike; ``--steps`` steps from the prior, fewer
+in proportion to log std for smaller ``t0``, at least 5) and the final Tweedie step. The layer group (spglib,
 symprec 0.1 Å) of the noised input and of the result is compared with the label.
 ``t0 = 1`` is ordinary sampling from the prior. A model that has learned the data's
 symmetric arrangements recovers them from small noise; where the recovery falls to the
@@ -34,7 +35,7 @@ from agedi_jax.graph import batch_from_atoms  # noqa: E402
 from agedi_jax.sampling import load_model, make_step  # noqa: E402
 from agedi_jax.symmetry import layer_group  # noqa: E402
 
-TIMES = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 1.0)
+STDS = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 def main(argv=None) -> int:
@@ -42,7 +43,8 @@ def main(argv=None) -> int:
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("--data", default="/work/shared/data/c2db/val.csv")
     ap.add_argument("--num", type=int, default=96, help="first NUM structures (one batch)")
-    ap.add_argument("--times", type=float, nargs="+", default=list(TIMES))
+    ap.add_argument("--stds", type=float, nargs="+", default=list(STDS), help="kernel stds (Å); the prior is added")
+    ap.add_argument("--times", type=float, nargs="+", default=None, help="times t0 instead of --stds")
     ap.add_argument("--steps", type=int, default=100, help="steps over the whole interval (t_eps, 1]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
@@ -68,30 +70,43 @@ def main(argv=None) -> int:
             hits.append(layer_group(b) == lab)
         return float(np.mean(hits))
 
+    # the schedule's kernel std on a fine grid, to go from std to t
+    ts = np.linspace(t_eps, 1.0, 200_001)
+    stds = np.asarray(model.sde.std(jnp.asarray(ts, jnp.float32)), np.float64)
+
+    def t_of(std):
+        return np.interp(np.log(std), np.log(stds), ts)
+
+    if args.times is None:
+        args.times = [float(t_of(s)) for s in args.stds] + [1.0]
+    decades = np.log(stds[-1] / stds[0])
     rows = []
     print(f"{len(atoms)} structures of {args.data}; {model.config.process.sde} {model.config.process.schedule} "
-          f"schedule; EM, {args.steps} steps per unit time")
+          f"schedule; EM, {args.steps} steps from the prior, grid geometric in the kernel std")
     for t0 in args.times:
         tic = time.perf_counter()
-        n = max(5, int(round(args.steps * (t0 - t_eps) / (1 - t_eps))))
+        s0 = float(np.interp(t0, ts, stds))
+        n = max(5, int(round(args.steps * np.log(s0 / stds[0]) / decades)))
         key = jax.random.PRNGKey(args.seed)
         if t0 >= 1.0:
             start = samplers.prior_state(key, batch, model.sde, mask_types=False)
         else:
             start, _, _ = S.noise_positions(key, model.sde, batch, jnp.full((batch.num_graphs,), t0, jnp.float32))
-        grid = jnp.linspace(t0, t_eps, n + 1)
+        grid = t_of(np.geomspace(s0, stds[0], n + 1))
+        grid[0], grid[-1] = t0, t_eps
+        grid = jnp.asarray(grid, jnp.float32)
         run = jax.jit(lambda k, s, grid=grid: samplers.sample(k, s, score_fn, step, grid, final))
         out = run(jax.random.PRNGKey(args.seed + 1), start)
         row = dict(t0=t0, std_A=float(model.sde.std(jnp.float32(t0))), steps=n,
                    noised=accuracy(np.asarray(start.positions)), denoised=accuracy(np.asarray(out.positions)))
         rows.append(row)
-        print(f"t0={t0:<6g} std {row['std_A']:6.3f} Å  {n:4d} steps: layer group kept by the noised input "
+        print(f"t0={t0:<8.4g} std {row['std_A']:6.3f} Å  {n:4d} steps: layer group kept by the noised input "
               f"{row['noised']:.3f}, recovered by the model {row['denoised']:.3f}  ({time.perf_counter() - tic:.0f} s)",
               flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(dict(checkpoint=str(args.checkpoint), data=args.data, num=len(atoms),
-                                            steps_per_unit_time=args.steps, seed=args.seed,
+                                            steps_from_prior=args.steps, seed=args.seed,
                                             config=json.loads(cfg.to_json()), rows=rows), indent=1))
         print(f"wrote {args.out}")
     return 0

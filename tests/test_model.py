@@ -239,7 +239,7 @@ def test_config_overrides_and_presets():
         override(cfg, ["sample.grid=cosine"])
     for name in ("qcd_gm", "qcd_de200", "c2db"):
         p = preset(name)
-        assert p.process.sde == "ve" and p.process.schedule == "linear"
+        assert p.process.sde == "ve" and p.process.schedule == ("geometric" if name == "c2db" else "linear")
     assert preset("c2db").model.types is False and preset("c2db").model.num_labels == 80
 
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # The second CPU-budget model of the 2D study: as train_cpu.sh but with the geometric VE
 # schedule (log-uniform σ from 0.01 to 5 Å: equal training effort per decade of noise, so the
-# 0.01–0.5 Å range that decides the symmetry gets 62 % of the samples instead of 10 %) and a
+# 0.01–0.5 Å range gets 63 % of the samples instead of 10 %) and a
 # wall-time budget of 90 min instead of a step count. Rerun the same command to resume.
 cd "$(dirname "$0")/../.." || exit 1
 exec python experiments/two_d/train.py --preset c2db \

@@ -12,6 +12,8 @@ fixed training bucket. Figures are indicative on a shared machine.
 
 from __future__ import annotations
 
+import os
+
 import argparse
 import json
 import time
@@ -24,7 +26,9 @@ from agedi_jax.config import preset, replace
 from agedi_jax.model import build_model, init_state, make_train_step
 from agedi_jax.train import prepare_data
 
-DATA = "/work/shared/data/qcd_gap_relaxed"
+SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
+
+DATA = SHARED + "/qcd_gap_relaxed"
 
 
 def parse_net(spec: str) -> dict:

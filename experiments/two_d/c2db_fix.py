@@ -19,6 +19,8 @@ symprec 0.1) are recomputed on the repaired positions.
 
 from __future__ import annotations
 
+import os
+
 import argparse
 import csv
 import json
@@ -31,6 +33,8 @@ from agedi_jax.data import load_c2db_csv
 from agedi_jax.data.c2db import layer_group_labels
 from agedi_jax.data.dataset import Dataset
 from agedi_jax.symmetry import DEFAULT_SYMPREC
+
+SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
 
 
 def cif_fractional(cif: str) -> np.ndarray:
@@ -141,7 +145,7 @@ def check(path: str | Path) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--check", nargs="*", default=["/work/shared/data/c2db/train.csv", "/work/shared/data/c2db/val.csv"])
+    ap.add_argument("--check", nargs="*", default=[SHARED + "/c2db/train.csv", SHARED + "/c2db/val.csv"])
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "data_fix.json")
     args = ap.parse_args(argv)
     res = [check(p) for p in args.check]

@@ -14,6 +14,8 @@ has learned nothing at that noise level; the kernel's std (Å) is printed beside
 
 from __future__ import annotations
 
+import os
+
 import argparse
 import json
 from pathlib import Path
@@ -27,6 +29,8 @@ from agedi_jax.data import load_c2db_csv
 from agedi_jax.graph import batch_from_atoms
 from agedi_jax.sampling import load_model
 
+SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
+
 
 def graph_centred(x: np.ndarray, graph: np.ndarray) -> np.ndarray:
     """``x`` [n, k] minus the mean over the atoms of each atom's graph."""
@@ -39,7 +43,7 @@ def graph_centred(x: np.ndarray, graph: np.ndarray) -> np.ndarray:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--data", default="/work/shared/data/c2db/val.csv")
+    ap.add_argument("--data", default=SHARED + "/c2db/val.csv")
     ap.add_argument("--num", type=int, default=64)
     ap.add_argument("--stds", type=float, nargs="+", default=[0.06, 0.26, 0.51, 1.01, 2.0],
                     help="kernel stds (Å) at which to compare (the times follow from the schedule)")

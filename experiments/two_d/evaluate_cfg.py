@@ -9,7 +9,7 @@ groups, the validity of the samples, and writes everything (per-structure groups
 to ``--out``.
 
     python experiments/two_d/evaluate_cfg.py experiments/two_d/model \
-        --data /work/shared/data/c2db/val.csv --steps 100 --out experiments/two_d/results/cfg_val.json
+        --data ../shared/data/c2db/val.csv --steps 100 --out experiments/two_d/results/cfg_val.json
 
 ``--positions repaired`` (default) computes the target layer groups from the repaired
 positions (``c2db_fix.py``), the labels the model was trained on; ``--positions raw`` uses
@@ -17,6 +17,8 @@ the CSV as :func:`agedi_jax.data.load_c2db_csv` reads it.
 """
 
 from __future__ import annotations
+
+import os
 
 import argparse
 import json
@@ -34,6 +36,8 @@ from guided_sampling import layer_groups, sample_templates, validity_summary  # 
 
 from agedi_jax.data import load_c2db_csv  # noqa: E402
 from agedi_jax.sampling import load_model  # noqa: E402
+
+SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
@@ -92,7 +96,7 @@ def plot_accuracy(acc: dict, path: Path, title: str = "") -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", type=Path, help="run directory or checkpoint directory")
-    ap.add_argument("--data", default="/work/shared/data/c2db/val.csv", help="C2DB CSV (train/val format)")
+    ap.add_argument("--data", default=SHARED + "/c2db/val.csv", help="C2DB CSV (train/val format)")
     ap.add_argument("--positions", choices=["repaired", "raw"], default="repaired")
     ap.add_argument("--weights", type=float, nargs="+", default=list(WEIGHTS))
     ap.add_argument("--steps", type=int, default=100, help="Euler–Maruyama steps")

@@ -16,6 +16,8 @@ by element and hardly sees positions; ``--features species`` uses species-resolv
 
 from __future__ import annotations
 
+import os
+
 import argparse
 import json
 import sys
@@ -42,13 +44,15 @@ from agedi_jax.evaluation import (  # noqa: E402
 )
 from agedi_jax.sampling import load_model  # noqa: E402
 
+SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
+
 HERE = Path(__file__).resolve().parent
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--data", default="/work/shared/data/c2db/train.csv")
+    ap.add_argument("--data", default=SHARED + "/c2db/train.csv")
     ap.add_argument("--num-templates", type=int, default=1000)
     ap.add_argument("--w", type=float, default=1.0, help="guidance weight of the samples")
     ap.add_argument("--steps", type=int, default=100)

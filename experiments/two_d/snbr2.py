@@ -12,6 +12,8 @@ generate, and does guidance toward the other phase produce it?
 
 from __future__ import annotations
 
+import os
+
 import argparse
 import json
 import sys
@@ -27,6 +29,8 @@ from c2db_fix import load_c2db_repaired  # noqa: E402
 from guided_sampling import layer_groups, sample_templates, validity_summary  # noqa: E402
 
 from agedi_jax.sampling import load_model  # noqa: E402
+
+SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
 
 HERE = Path(__file__).resolve().parent
 P3M1, P6M2 = 72, 78
@@ -115,7 +119,7 @@ def part_mx2(model, params, train, weights, steps, seed, grid="uniform") -> dict
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--data", default="/work/shared/data/c2db/train.csv")
+    ap.add_argument("--data", default=SHARED + "/c2db/train.csv")
     ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0, 3.0])
     ap.add_argument("--copies", type=int, default=64)
     ap.add_argument("--steps", type=int, default=100)

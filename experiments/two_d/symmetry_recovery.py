@@ -16,6 +16,8 @@ prior's value the model no longer knows the registry.
 
 from __future__ import annotations
 
+import os
+
 import argparse
 import json
 import sys
@@ -35,13 +37,15 @@ from agedi_jax.graph import batch_from_atoms  # noqa: E402
 from agedi_jax.sampling import load_model, make_step  # noqa: E402
 from agedi_jax.symmetry import layer_group  # noqa: E402
 
+SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
+
 STDS = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--data", default="/work/shared/data/c2db/val.csv")
+    ap.add_argument("--data", default=SHARED + "/c2db/val.csv")
     ap.add_argument("--num", type=int, default=96, help="first NUM structures (one batch)")
     ap.add_argument("--stds", type=float, nargs="+", default=list(STDS), help="kernel stds (Å); the prior is added")
     ap.add_argument("--times", type=float, nargs="+", default=None, help="times t0 instead of --stds")

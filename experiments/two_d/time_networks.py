@@ -13,6 +13,8 @@ indicative on a shared machine.
 
 from __future__ import annotations
 
+import os
+
 import argparse
 import json
 import time
@@ -25,8 +27,10 @@ from agedi_jax.config import preset, replace
 from agedi_jax.model import build_model, init_state, make_train_step
 from agedi_jax.train import prepare_data
 
-DATA = "/work/shared/data/c2db/train.csv"
-VAL = "/work/shared/data/c2db/val.csv"
+SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
+
+DATA = SHARED + "/c2db/train.csv"
+VAL = SHARED + "/c2db/val.csv"
 
 
 def parse_net(spec: str) -> dict:

@@ -6,7 +6,7 @@ Same arguments as ``agedi-jax train`` (``--preset``, ``--set section.field=value
 Rerunning the same command resumes from ``OUT/checkpoints/latest``.
 
     nohup python experiments/two_d/train.py --preset c2db \
-        --set data.dataset=/work/shared/data/c2db/train.csv --set model.network=painn \
+        --set data.dataset=../shared/data/c2db/train.csv --set model.network=painn \
         --set train.steps=16000 --out experiments/two_d/runs/cpu > train.log 2>&1 &
 """
 

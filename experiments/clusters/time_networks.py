@@ -12,10 +12,9 @@ fixed training bucket. Figures are indicative on a shared machine.
 
 from __future__ import annotations
 
-import os
-
 import argparse
 import json
+import os
 import time
 
 import jax

@@ -19,11 +19,10 @@ symprec 0.1) are recomputed on the repaired positions.
 
 from __future__ import annotations
 
-import os
-
 import argparse
 import csv
 import json
+import os
 from collections import Counter
 from pathlib import Path
 

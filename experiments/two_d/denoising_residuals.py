@@ -2,11 +2,13 @@
 under-training (in-plane registry vs out-of-plane z).
 
 For the first ``--num`` structures of a CSV (their layer-group labels as the condition), the
-positions are noised with the forward kernel at each t (``sde.noise_positions``: wrapped
-normal in x, y, Gaussian in z) and the model's ε-prediction is compared with the true ε:
-the mean squared target and the mean squared residual, separately for the in-plane (x, y)
-and out-of-plane (z) components. A residual close to the target variance means the model
-has learned nothing at that noise level; the kernel's std (Å) is printed beside t.
+positions are noised with the forward kernel at each kernel std of ``--stds`` Å (the time
+follows from the schedule, so models with different schedules are compared at equal noise;
+``sde.noise_positions``: wrapped normal in x, y, Gaussian in z) and the model's
+ε-prediction is compared with the true ε: the mean squared target and the mean squared
+residual, separately for the in-plane (x, y) and out-of-plane (z) components, and in-plane
+also without the global translation. A residual close to the target variance means the
+model has learned nothing at that noise level.
 
     python experiments/two_d/denoising_residuals.py experiments/two_d/runs/gpu \\
         --out experiments/two_d/results/gpu/denoising_residuals.json
@@ -14,20 +16,24 @@ has learned nothing at that noise level; the kernel's std (Å) is printed beside
 
 from __future__ import annotations
 
-import os
-
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agedi_jax import sde as S
-from agedi_jax.data import load_c2db_csv
-from agedi_jax.graph import batch_from_atoms
-from agedi_jax.sampling import load_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from guided_sampling import schedule_inverse  # noqa: E402
+
+from agedi_jax import sde as S  # noqa: E402
+from agedi_jax.data import load_c2db_csv  # noqa: E402
+from agedi_jax.graph import batch_from_atoms  # noqa: E402
+from agedi_jax.sampling import load_model  # noqa: E402
 
 SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
 
@@ -60,9 +66,8 @@ def main(argv=None) -> int:
     mask = np.asarray(batch.node_mask)
     gi = np.asarray(batch.graph_index)[mask]
     if args.times is None:
-        ts = np.linspace(cfg.process.t_eps, 1.0, 200_001)
-        stds = np.asarray(model.sde.std(jnp.asarray(ts, jnp.float32)), np.float64)
-        args.times = [float(np.interp(np.log(s), np.log(stds), ts)) for s in args.stds]
+        t_of, _ = schedule_inverse(model.sde, cfg.process.t_eps)
+        args.times = [float(t_of(s)) for s in args.stds]
     rows = []
     for t in args.times:
         tt = jnp.full((batch.num_graphs,), t, jnp.float32)

@@ -18,10 +18,9 @@ the CSV as :func:`agedi_jax.data.load_c2db_csv` reads it.
 
 from __future__ import annotations
 
-import os
-
 import argparse
 import json
+import os
 import sys
 import time
 from collections import Counter

@@ -1,5 +1,6 @@
 """Shared pieces of the 2D study: sampling positions for template cells with
-classifier-free guidance (Eq. 19), layer groups and validity of the samples.
+classifier-free guidance (Eq. 19), layer groups and validity of the samples, and the time
+at which an SDE's kernel has a given std (to compare schedules at equal noise).
 
 :func:`sample_templates` runs the package's compiled sampler
 (:func:`agedi_jax.sampling.make_sampler`) on templates packed into ONE exact bucket (atoms,
@@ -72,6 +73,21 @@ def sample_templates(
             print(f"  sampled {len(res)} structures at w={w:g} in {time.perf_counter() - t0:.1f} s "
                   f"(bucket {bucket.n_node} atoms / {bucket.n_edge} edges / {bucket.n_graph} graphs)", flush=True)
     return out
+
+
+def schedule_inverse(sde, t_eps: float, num: int = 200_001):
+    """``(t_of, std_of)``: the kernel std (Å) of ``sde`` on a fine grid of ``[t_eps, 1]`` and
+    its inverse (log-linear interpolation; the std increases with t for every schedule)."""
+    ts = np.linspace(t_eps, 1.0, num)
+    stds = np.asarray(sde.std(jnp.asarray(ts, jnp.float32)), np.float64)
+
+    def t_of(std):
+        return np.interp(np.log(std), np.log(stds), ts)
+
+    def std_of(t):
+        return np.interp(t, ts, stds)
+
+    return t_of, std_of
 
 
 def layer_groups(structures: Sequence[Any], symprec: float = 0.1) -> np.ndarray:

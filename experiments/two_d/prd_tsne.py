@@ -16,10 +16,9 @@ by element and hardly sees positions; ``--features species`` uses species-resolv
 
 from __future__ import annotations
 
-import os
-
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path

@@ -3,9 +3,8 @@ samples' validity against: python experiments/two_d/reference_validity.py"""
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 import sys
 from pathlib import Path
 

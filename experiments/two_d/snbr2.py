@@ -12,10 +12,9 @@ generate, and does guidance toward the other phase produce it?
 
 from __future__ import annotations
 
-import os
-
 import argparse
 import json
+import os
 import sys
 import time
 from collections import Counter, defaultdict

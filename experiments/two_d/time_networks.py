@@ -13,10 +13,9 @@ indicative on a shared machine.
 
 from __future__ import annotations
 
-import os
-
 import argparse
 import json
+import os
 import time
 
 import jax

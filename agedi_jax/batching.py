@@ -17,7 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .graph import AtomsBatch, Bucket, EncodedStructure, bucket_for, collate
+from agedi_jax.batch import AtomsBatch, Bucket, EncodedStructure, collate, common_bucket
+
+__all__ = ["packing_bucket", "pack", "BatchStream", "fixed_batches"]
 
 
 def packing_bucket(encoded: Sequence[EncodedStructure], batch_size: int, slack: float = 1.15) -> Bucket:
@@ -55,7 +57,7 @@ class BatchStream:
     """Random training batches packed into one fixed bucket.
 
     Args:
-      encoded: the pre-encoded training structures (:func:`agedi_jax.graph.encode_structures`).
+      encoded: the pre-encoded training structures (:func:`agedi_jax.convert.encode_structures`).
       batch_size: the largest number of structures per batch (batches of large structures
         hold fewer, to stay inside the bucket).
       seed: seed of the epoch permutations.
@@ -118,11 +120,3 @@ def fixed_batches(
         return []
     bucket = common_bucket(chunks)
     return [collate(c, bucket) for c in chunks]
-
-
-def common_bucket(chunks: Sequence[Sequence[EncodedStructure]]) -> Bucket:
-    """One bucket large enough for every chunk (so a list of batches compiles once)."""
-    nodes = max(sum(s.num_atoms for s in c) for c in chunks)
-    edges = max(sum(s.num_edges for s in c) for c in chunks)
-    graphs = max(len(c) for c in chunks)
-    return bucket_for(nodes, edges, graphs)

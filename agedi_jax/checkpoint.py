@@ -20,14 +20,25 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 
-from . import __version__
-from .config import Config, config_hash
-from .graph import TypeVocab
+from agedi_jax import __version__
+from agedi_jax.config import Config, config_hash
+from agedi_jax.vocab import TypeVocab
+
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "read_meta",
+    "load_config_and_vocab",
+    "check_compatible",
+    "restore_state",
+    "checkpoint_dir",
+    "load_model",
+]
 
 
 class CheckpointError(RuntimeError):
@@ -159,3 +170,58 @@ def restore_state(directory: str | os.PathLike, target: Any) -> Any:
         if tuple(a.shape) != tuple(b.shape):
             raise CheckpointError(f"checkpoint {directory}: parameter of shape {a.shape}, model expects {b.shape}")
     return restored
+
+
+# --------------------------------------------------------------------------------------
+# Loading a trained model
+# --------------------------------------------------------------------------------------
+
+
+def checkpoint_dir(path: str | os.PathLike) -> Path:
+    """``RUN`` → ``RUN/checkpoints/best`` (else ``latest``); a checkpoint directory as is."""
+    path = Path(path)
+    if (path / "meta.json").is_file():
+        return path
+    for name in ("best", "latest"):
+        if (path / "checkpoints" / name / "meta.json").is_file():
+            return path / "checkpoints" / name
+    if not path.exists():
+        raise CheckpointError(f"checkpoint path {path} does not exist")
+    raise CheckpointError(f"no checkpoint in {path} (expected meta.json, or checkpoints/best|latest)")
+
+
+def _dummy_batch(model: Any) -> Any:
+    from ase import Atoms
+
+    from agedi_jax.batch import collate
+    from agedi_jax.convert import encode_structures
+
+    symbol = model.vocab.symbols[0]
+    atoms = Atoms([symbol] * 2, positions=[[0, 0, 0], [1.5, 0, 0]])
+    return collate(encode_structures([atoms], model.vocab, model.config.model.cutoff))
+
+
+def load_model(
+    path: str | os.PathLike, overrides: Sequence[str] = (), use_ema: bool = True
+) -> tuple[Any, Any, Config]:
+    """Load a model and its parameters from a run directory or checkpoint.
+
+    ``overrides`` may change the ``sample`` section only (``sample.steps=100``); the model
+    and processes are those the checkpoint was trained with.
+    """
+    from jax import eval_shape, random
+
+    from agedi_jax.config import override
+    from agedi_jax.model import build_model, init_state
+
+    ckpt = checkpoint_dir(path)
+    config, vocab, meta = load_config_and_vocab(ckpt)
+    for item in overrides:
+        if not item.split("=", 1)[0].strip().startswith("sample."):
+            raise ValueError(f"when sampling only sample.* fields can be overridden, not {item!r}")
+    config = override(config, overrides)
+    model = build_model(config, vocab)
+    target = eval_shape(lambda: init_state(model, random.PRNGKey(0), _dummy_batch(model)))
+    state = restore_state(ckpt, target)
+    params = state.ema_params if use_ema else state.params
+    return model, params, config

@@ -13,7 +13,7 @@ from typing import Sequence
 
 
 def _add_config_args(p: argparse.ArgumentParser, default_preset: str) -> None:
-    from .config import PRESETS
+    from agedi_jax.config import PRESETS
 
     p.add_argument("--preset", default=default_preset, choices=PRESETS, help="named configuration")
     p.add_argument("--config", type=Path, default=None, help="a config.json to start from (instead of a preset)")
@@ -28,7 +28,7 @@ def _add_config_args(p: argparse.ArgumentParser, default_preset: str) -> None:
 
 
 def _resolve_config(args: argparse.Namespace):
-    from .config import Config, override, preset
+    from agedi_jax.config import Config, override, preset
 
     if args.config is not None:
         if not args.config.is_file():
@@ -40,7 +40,7 @@ def _resolve_config(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import fit
+    from agedi_jax.train import fit
 
     cfg = _resolve_config(args)
     result = fit(cfg, args.out, resume=not args.restart, progress=not args.quiet)
@@ -61,7 +61,9 @@ def _parse_interpolate(text: str | None):
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from .sampling import load_model, sample_atoms, write_extxyz
+    from agedi_jax.checkpoint import load_model
+    from agedi_jax.generate import sample_atoms
+    from agedi_jax.results import write_extxyz
 
     model, params, cfg = load_model(args.checkpoint, overrides=args.overrides, use_ema=not args.no_ema)
     n_atoms = [int(x) for x in args.n_atoms.split(",")] if args.n_atoms else None
@@ -89,20 +91,20 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from .quickstart import quickstart
+    from agedi_jax.quickstart import quickstart
 
     quickstart(args.out, overrides=args.overrides, num_samples=args.num, progress=not args.quiet)
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation.report import run_evaluate
+    from agedi_jax.evaluation.report import run_evaluate
 
     return int(run_evaluate(args) or 0)
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from .data import summary_main
+    from agedi_jax.data import summary_main
 
     return int(summary_main([*args.specs, *(["--validate"] if args.validate else [])]) or 0)
 
@@ -145,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="precision-recall, validity, symmetry of generated structures")
     try:
-        from .evaluation.report import add_evaluate_arguments
+        from agedi_jax.evaluation.report import add_evaluate_arguments
 
         add_evaluate_arguments(p)
     except ImportError:  # pragma: no cover - evaluation extras missing
@@ -185,8 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         # Known user errors get one clear line, not a traceback.
-        from .checkpoint import CheckpointError
-        from .graph import StructureError
+        from agedi_jax.checkpoint import CheckpointError
+        from agedi_jax.batch import StructureError
 
         if isinstance(err, (ValueError, KeyError, FileNotFoundError, CheckpointError, StructureError)):
             print(f"agedi-jax {args.command}: error: {err}", file=sys.stderr)

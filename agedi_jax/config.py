@@ -13,7 +13,73 @@ import hashlib
 import json
 import types
 import typing
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
+
+
+class Params(tuple):
+    """A frozen, hashable mapping of parameter names to numbers (or bools/strings) for the
+    plug-ins' own settings (``process.schedule_params``, ``process.type_schedule_params``,
+    ``model.network_params``). Written as a JSON object; from the command line either
+    ``--set process.schedule_params=s=0.01,alpha_max=12`` or one key at a time,
+    ``--set process.schedule_params.s=0.01``."""
+
+    def __new__(cls, items: Any = ()) -> "Params":
+        if isinstance(items, str):
+            items = _parse_params(items)
+        if isinstance(items, Mapping):
+            items = items.items()
+        pairs = {}
+        for k, v in items:
+            pairs[str(k)] = v
+        return super().__new__(cls, tuple(sorted(pairs.items())))
+
+    def as_dict(self) -> dict:
+        return dict(self)
+
+    def updated(self, **kwargs: Any) -> "Params":
+        return Params({**dict(self), **kwargs})
+
+    def __repr__(self) -> str:
+        return f"Params({dict(self)!r})"
+
+
+def _scalar(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def _parse_params(text: str) -> dict:
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            return dict(json.loads(text))
+        except (json.JSONDecodeError, TypeError, ValueError):
+            raise ValueError(f"parameters {text!r}: not a JSON object") from None
+    out = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise ValueError(f"parameters {text!r}: expected name=value pairs separated by commas")
+        k, v = part.split("=", 1)
+        out[k.strip()] = _scalar(v)
+    return out
+
+
+def _params_fields(obj: Any) -> None:
+    """Turn dict / str values of ``Params`` fields into :class:`Params` (frozen dataclasses)."""
+    for f in dataclasses.fields(obj):
+        if f.type in ("Params", Params):
+            v = getattr(obj, f.name)
+            if not isinstance(v, Params):
+                object.__setattr__(obj, f.name, Params(v if v is not None else ()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +128,9 @@ class ModelConfig:
       normalize: equivariant layer normalisation (stability).
       positions: model atomic positions (position head and position process on).
       types: model atomic types (type head and absorbing type process on).
+      network_params: further fields of the network class (e.g. ``envelope_p``,
+        ``radial_hidden``), for settings that only one network has. Every field above that
+        the network class has is passed to it by name.
     """
 
     network: str = "nequip"
@@ -78,26 +147,37 @@ class ModelConfig:
     normalize: bool = True
     positions: bool = True
     types: bool = True
+    network_params: Params = Params()
+
+    def __post_init__(self) -> None:
+        _params_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class ProcessConfig:
-    """The forward processes (paper Sec. II A–B; DESIGN.md §2).
+    """The forward processes (paper Sec. II A–B).
 
     Attributes:
-      sde: "ve" (Eq. 8, the paper's choice) or "vp" (Eq. 5).
-      schedule: VE: "linear" (the paper's) or "geometric"; VP: "linear" or "cosine".
+      sde: a name of :data:`agedi_jax.sde.SDES`: "ve" (Eq. 8, the paper's choice) or
+        "vp" (Eq. 5).
+      schedule: a schedule registered for the SDE: VE "linear" (the paper's) or
+        "geometric"; VP "linear" or "cosine".
       sigma_min, sigma_max: VE noise scales, Å (σ_max comparable to the largest
         interatomic distance in the data).
       beta_min, beta_max: VP linear β(t) range.
-      type_schedule: "loglinear" (SEDD) or "geometric" σ̄(t) of the absorbing process.
+      schedule_params: any other field of the schedule, e.g. ``s`` and ``alpha_max`` of
+        the VP cosine schedule (:func:`sde_params` combines them with the fields above).
+      type_schedule: a name of :data:`agedi_jax.discrete.TYPE_SCHEDULES`: "loglinear"
+        (SEDD) or "geometric" σ̄(t) of the absorbing process.
       type_eps: ε of the log-linear schedule.
+      type_schedule_params: any other field of the type schedule (e.g. ``sigma_min``,
+        ``sigma_max`` of "geometric").
       t_eps: smallest time used in training and the end of the sampling grid.
       parametrization: "eps" (the network predicts the noise ε, score = −ε̂/std) or
         "score" (the network predicts the score, loss weighted by std²).
       independent_t: draw independent times for positions and types (else the same t).
       data_scale: s0 (Å) of the Gaussian skip added to the position output
-        (:func:`agedi_jax.model.gaussian_skip`): per-axis data variance s² = s0² N^{2/3};
+        (:func:`agedi_jax.scores.gaussian_skip`): per-axis data variance s² = s0² N^{2/3};
         -1 = computed from the training data, 0 = no skip.
       type_parametrization: "mean" (the type head predicts logits of the clean type,
         log ŝ = log a(σ̄) + log_softmax; exact form of the absorbing concrete score) or
@@ -117,6 +197,11 @@ class ProcessConfig:
     independent_t: bool = False
     type_parametrization: str = "mean"
     data_scale: float = -1.0
+    schedule_params: Params = Params()
+    type_schedule_params: Params = Params()
+
+    def __post_init__(self) -> None:
+        _params_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +291,14 @@ class Config:
     sample: SampleConfig = SampleConfig()
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        def plain(x: Any) -> Any:
+            if isinstance(x, Params):
+                return {k: plain(v) for k, v in x}
+            if isinstance(x, dict):
+                return {k: plain(v) for k, v in x.items()}
+            return x
+
+        return plain(dataclasses.asdict(self))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -266,6 +358,11 @@ def _coerce(text: str, annotation: Any, where: str) -> Any:
             return float(text)
         except ValueError:
             raise ValueError(f"{where}: expected a number, got {text!r}") from None
+    if annotation is Params:
+        try:
+            return Params(text)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
     return text
 
 
@@ -283,6 +380,9 @@ def override(cfg: Config, assignments: Sequence[str]) -> Config:
         if "." not in path:
             raise ValueError(f"override {item!r}: give section.field (sections: data, model, process, train, sample)")
         section, field = path.split(".", 1)
+        key = None
+        if "." in field:  # one entry of a Params field: process.schedule_params.s=0.01
+            field, key = field.split(".", 1)
         if section not in hints or not dataclasses.is_dataclass(hints[section]):
             raise ValueError(
                 f"override {item!r}: unknown section {section!r} (sections: data, model, process, train, sample)"
@@ -293,7 +393,12 @@ def override(cfg: Config, assignments: Sequence[str]) -> Config:
             raise ValueError(
                 f"override {item!r}: {section} has no field {field!r}; fields: {sorted(sub_hints)}"
             )
-        new_value = _coerce(value.strip(), sub_hints[field], path)
+        if key is not None:
+            if sub_hints[field] is not Params:
+                raise ValueError(f"override {item!r}: {section}.{field} is not a parameter mapping")
+            new_value = getattr(sub, field).updated(**{key: _scalar(value)})
+        else:
+            new_value = _coerce(value.strip(), sub_hints[field], path)
         cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(sub, **{field: new_value})})
     validate(cfg)
     return cfg
@@ -307,6 +412,27 @@ def replace(cfg: Config, **sections: dict) -> Config:
     return cfg
 
 
+def sde_params(p: ProcessConfig) -> dict:
+    """The schedule parameters of the position SDE: the common fields (``sigma_min``,
+    ``sigma_max``, ``beta_min``, ``beta_max``) that the chosen schedule has, then
+    ``schedule_params`` (for :func:`agedi_jax.sde.make_sde`)."""
+    from agedi_jax.sde import schedule_fields
+
+    try:
+        fields = schedule_fields(p.sde, p.schedule)
+    except ValueError:
+        fields = ()
+    common = {k: getattr(p, k) for k in ("sigma_min", "sigma_max", "beta_min", "beta_max") if k in fields}
+    return {**common, **dict(p.schedule_params)}
+
+
+def type_schedule_params(p: ProcessConfig) -> dict:
+    """The parameters of the type schedule: ``type_eps`` as the log-linear ``eps``, then
+    ``type_schedule_params`` (for :func:`agedi_jax.discrete.make_type_process`)."""
+    common = {"eps": p.type_eps} if p.type_schedule == "loglinear" else {}
+    return {**common, **dict(p.type_schedule_params)}
+
+
 def validate(cfg: Config) -> None:
     """Raise ``ValueError`` naming the field for inconsistent settings."""
 
@@ -315,17 +441,31 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"invalid config: {msg}")
 
     m, p, t, s, d = cfg.model, cfg.process, cfg.train, cfg.sample, cfg.data
-    check(m.network in ("nequip", "painn"), f"model.network={m.network!r} (nequip | painn)")
+    # The plug-in families are checked against their registries (lazy: importing this
+    # module does not import JAX) by the very constructors that build them.
+    from agedi_jax import discrete, samplers
+    from agedi_jax import sde as sde_lib
+    from agedi_jax.nn import NETWORKS, network_fields
+
+    check(m.network in NETWORKS, f"model.network={m.network!r} (one of {' | '.join(sorted(NETWORKS))})")
+    if m.network in NETWORKS:
+        valid = set(network_fields(m.network))
+        bad = sorted(set(dict(m.network_params)) - valid)
+        check(not bad, f"model.network_params: {m.network} has no field(s) {bad}; valid: {sorted(valid)}")
     check(m.positions or m.types, "model.positions and model.types are both off: nothing to model")
     check(m.cutoff > 0, "model.cutoff must be > 0 Å")
     check(m.num_layers >= 1 and m.features >= 1, "model.num_layers and model.features must be >= 1")
     check(m.num_labels >= 0, "model.num_labels must be >= 0")
-    check(p.sde in ("ve", "vp"), f"process.sde={p.sde!r} (ve | vp)")
-    ok = {"ve": ("linear", "geometric"), "vp": ("linear", "cosine")}[p.sde]
-    check(p.schedule in ok, f"process.schedule={p.schedule!r} with sde={p.sde!r} (one of {ok})")
     check(0 < p.sigma_min < p.sigma_max, "need 0 < process.sigma_min < process.sigma_max")
     check(0 < p.beta_min < p.beta_max, "need 0 < process.beta_min < process.beta_max")
-    check(p.type_schedule in ("loglinear", "geometric"), f"process.type_schedule={p.type_schedule!r}")
+    try:
+        sde_lib.make_sde(p.sde, p.schedule, **sde_params(p))
+    except (ValueError, TypeError) as err:
+        check(False, f"process.sde={p.sde!r}, process.schedule={p.schedule!r}: {err}")
+    try:
+        discrete.make_type_process(1, p.type_schedule, **type_schedule_params(p))
+    except (ValueError, TypeError) as err:
+        check(False, f"process.type_schedule={p.type_schedule!r}: {err}")
     check(0 < p.t_eps < 0.5, "process.t_eps must be in (0, 0.5)")
     check(p.parametrization in ("eps", "score"), f"process.parametrization={p.parametrization!r} (eps | score)")
     check(p.type_parametrization in ("mean", "direct"), f"process.type_parametrization={p.type_parametrization!r} (mean | direct)")
@@ -335,9 +475,10 @@ def validate(cfg: Config) -> None:
     check(t.learning_rate > 0, "train.learning_rate must be > 0")
     check(0 <= t.ema_decay < 1, "train.ema_decay must be in [0, 1)")
     check(0 <= t.label_dropout <= 1, "train.label_dropout must be in [0, 1]")
-    check(s.sampler in ("em", "pc", "ode"), f"sample.sampler={s.sampler!r} (em | pc | ode)")
-    check(s.type_sampler in ("tau", "analytic"), f"sample.type_sampler={s.type_sampler!r} (tau | analytic)")
-    check(s.grid in ("uniform", "quadratic", "log"), f"sample.grid={s.grid!r} (uniform | quadratic | log)")
+    pos_names, type_names = sorted(samplers.POSITION_SAMPLERS), sorted(samplers.TYPE_SAMPLERS)
+    check(s.sampler in pos_names, f"sample.sampler={s.sampler!r} ({' | '.join(pos_names)})")
+    check(s.type_sampler in type_names, f"sample.type_sampler={s.type_sampler!r} ({' | '.join(type_names)})")
+    check(s.grid in samplers.GRIDS, f"sample.grid={s.grid!r} ({' | '.join(samplers.GRIDS)})")
     check(s.steps >= 1, "sample.steps must be >= 1")
     check(s.batch_size >= 1, "sample.batch_size must be >= 1")
     check(d.max_atoms >= 1, "data.max_atoms must be >= 1")

@@ -27,14 +27,14 @@ freely (a change of their numbers recompiles). Sampling moves from ``t`` to
 
 from __future__ import annotations
 
-from typing import Callable, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agedi_jax.graph import MASK
+from agedi_jax.vocab import MASK
 
 Array = jax.Array
 
@@ -51,7 +51,8 @@ __all__ = [
     "tau_leap_step",
     "analytic_step",
     "resolve_mask",
-    "sample_types",
+    "TYPE_SCHEDULES",
+    "make_type_process",
 ]
 
 
@@ -210,7 +211,7 @@ class AbsorbingProcess(NamedTuple):
     """
 
     num_types: int
-    schedule: LogLinearSchedule | GeometricSchedule = LogLinearSchedule()
+    schedule: Any = LogLinearSchedule()
 
     def _check(self) -> None:
         if not isinstance(self.num_types, (int, np.integer)) or self.num_types < 1:
@@ -279,9 +280,44 @@ class AbsorbingProcess(NamedTuple):
         return jnp.full((n,), MASK, jnp.int32)
 
 
-jax.tree_util.register_static(LogLinearSchedule)
-jax.tree_util.register_static(GeometricSchedule)
 jax.tree_util.register_static(AbsorbingProcess)
+
+TYPE_SCHEDULES: dict[str, type] = {}
+"""The registry of type-process schedules: name → schedule class (a NamedTuple of numbers
+with ``total(t)`` = σ̄ and ``rate(t)`` = σ). Adding one is the class plus one
+:func:`register_type_schedule` line."""
+
+
+def register_type_schedule(name: str, cls: type) -> None:
+    """Register a schedule of the absorbing process under ``name`` (a static pytree)."""
+    try:
+        jax.tree_util.register_static(cls)
+    except ValueError:  # already registered (a module reload)
+        pass
+    TYPE_SCHEDULES[name] = cls
+
+
+register_type_schedule("loglinear", LogLinearSchedule)
+register_type_schedule("geometric", GeometricSchedule)
+
+
+def make_type_process(num_types: int, schedule: str = "loglinear", *, strict: bool = True, **params: float) -> AbsorbingProcess:
+    """The absorbing type process with a registered schedule — the one construction point
+    (model and config validation use it). ``params`` are fields of the schedule
+    (``eps`` for "loglinear"; ``sigma_min``, ``sigma_max`` for "geometric"); with
+    ``strict=False`` unknown ones are ignored, else they raise naming the valid ones."""
+    if schedule not in TYPE_SCHEDULES:
+        raise ValueError(f"type schedule {schedule!r} unknown; choose one of {sorted(TYPE_SCHEDULES)}")
+    cls = TYPE_SCHEDULES[schedule]
+    unknown = sorted(set(params) - set(cls._fields))
+    if unknown and strict:
+        raise ValueError(f"type schedule {schedule!r}: no parameter(s) {unknown}; valid: {list(cls._fields)}")
+    sched = cls(**{k: float(v) for k, v in params.items() if k in cls._fields})
+    if hasattr(sched, "_check"):
+        sched._check()
+    out = AbsorbingProcess(int(num_types), sched)
+    out._check()
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -557,69 +593,3 @@ def resolve_mask(key: Array, zt, log_score, fixed=None, *, greedy: bool = False)
     else:
         y = jax.random.categorical(key, log_score, axis=-1)
     return jnp.where(_movable(zt, fixed), (y + 1).astype(zt.dtype), zt)
-
-
-# --------------------------------------------------------------------------------------
-# A types-only sampler
-# --------------------------------------------------------------------------------------
-
-
-LogScoreFn = Callable[[Array, Array], Array]
-"""``(z [n] int, t [n] float) -> log_score [n, K]``."""
-
-
-def sample_types(
-    key: Array,
-    log_score_fn: LogScoreFn,
-    z1,
-    grid,
-    process: AbsorbingProcess,
-    *,
-    method: Literal["analytic", "tau_leap"] = "analytic",
-    fixed=None,
-    rate_form: Literal["euler", "integrated"] = "euler",
-    greedy_final: bool = False,
-) -> Array:
-    """Sample types with one ``lax.scan`` over a decreasing time grid, then :func:`resolve_mask`.
-
-    Args:
-      key: PRNG key.
-      log_score_fn: ``(z [n], t [n]) -> [n, K]`` log concrete scores (a network or an oracle).
-      z1: ``[n]`` int starting types, usually ``process.prior(n)`` (fixed atoms physical).
-      grid: ``[N+1]`` times from ``grid[0]`` (usually 1) down to ``grid[-1]`` (0 or a small
-        ``t_min``), non-increasing.
-      process: the :class:`AbsorbingProcess`.
-      method: ``"analytic"`` (:func:`analytic_step`) or ``"tau_leap"`` (:func:`tau_leap_step`).
-      fixed: optional ``[n]`` bool.
-      rate_form: passed to :func:`tau_leap_step`.
-      greedy_final: argmax instead of sampling in the final :func:`resolve_mask`.
-    Returns:
-      ``[n]`` int types with no MASK left among non-fixed atoms.
-    """
-    z1 = _check_types(z1, "z1", process.num_types)
-    n = z1.shape[0]
-    grid = jnp.asarray(grid)
-    if grid.ndim != 1 or grid.shape[0] < 2:
-        raise ValueError(f"grid must be a [N+1] vector of times with N >= 1, got shape {grid.shape}")
-    g = _concrete(grid)
-    if g is not None and (np.any(np.diff(g) > 0) or g.min() < 0 or g.max() > 1):
-        raise ValueError("grid must be non-increasing and inside [0, 1] (from the prior at 1 towards 0)")
-    fixed = _check_fixed(fixed, n)
-    if method == "analytic":
-        step = analytic_step
-    elif method == "tau_leap":
-        def step(k, z, ls, t, s, p, f):
-            return tau_leap_step(k, z, ls, t, s, p, f, rate_form=rate_form)
-    else:
-        raise ValueError(f"method must be 'analytic' or 'tau_leap', got {method!r}")
-
-    def body(z, xs):
-        k, t, s = xs
-        tn, sn = jnp.full((n,), t), jnp.full((n,), s)
-        return step(k, z, log_score_fn(z, tn), tn, sn, process, fixed), None
-
-    key, final_key = jax.random.split(key)
-    keys = jax.random.split(key, grid.shape[0] - 1)
-    z, _ = jax.lax.scan(body, z1, (keys, grid[:-1], grid[1:]))
-    t_end = jnp.full((n,), grid[-1])
-    return resolve_mask(final_key, z, log_score_fn(z, t_end), fixed, greedy=greedy_final)

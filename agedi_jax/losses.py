@@ -34,26 +34,23 @@ import jax
 import jax.numpy as jnp
 
 from agedi_jax import discrete
-from agedi_jax.graph import AtomsBatch
-from agedi_jax.scores import Scores
-from agedi_jax.sde import SDE, VESDE, VPSDE, atom_keys, free_atoms, graph_uniform, noise_positions
+from agedi_jax.batch import AtomsBatch
+from agedi_jax.geometry import free_atoms
+from agedi_jax.keys import atom_keys, graph_uniform
+from agedi_jax.scores import PARAMETRIZATIONS, Scores, output_to_eps
+from agedi_jax.sde import SDE, VESDE, is_sde, noise_positions
 
 Array = jax.Array
 ApplyFn = Callable[..., Scores]
 
 __all__ = [
     "LossConfig",
-    "eps_to_score",
-    "score_to_eps",
-    "output_to_eps",
-    "output_to_score",
     "dsm_loss",
     "score_entropy_loss",
     "joint_loss",
-    "make_score_fn",
 ]
 
-_PARAMS = ("eps", "score")
+_PARAMS = PARAMETRIZATIONS
 _WEIGHTINGS = ("std2", "g2", "none")
 
 
@@ -90,8 +87,8 @@ class LossConfig:
         if self.sde is None and self.process is None:
             raise ValueError("LossConfig: nothing to train: both sde and process are None")
         if self.sde is not None:
-            if not isinstance(self.sde, (VESDE, VPSDE)):
-                raise TypeError(f"LossConfig.sde must be a VESDE or VPSDE, got {type(self.sde).__name__}")
+            if not is_sde(self.sde):
+                raise TypeError(f"LossConfig.sde must be a registered SDE (agedi_jax.sde.SDES), got {type(self.sde).__name__}")
             self.sde.validate()
         if self.process is not None and not isinstance(self.process, discrete.AbsorbingProcess):
             raise TypeError(f"LossConfig.process must be an AbsorbingProcess, got {type(self.process).__name__}")
@@ -105,48 +102,6 @@ class LossConfig:
             raise ValueError(f"LossConfig.p_uncond must lie in [0, 1], got {self.p_uncond}")
         if self.lambda_positions < 0 or self.lambda_types < 0:
             raise ValueError("LossConfig: lambda_positions and lambda_types must be >= 0")
-
-
-# --------------------------------------------------------------------------------------
-# Parametrisation
-# --------------------------------------------------------------------------------------
-
-
-def _std_col(std, like) -> Array:
-    std = jnp.asarray(std, jnp.asarray(like).dtype)
-    return std[..., None] if std.ndim == jnp.ndim(like) - 1 else std
-
-
-def eps_to_score(eps, std) -> Array:
-    """Score ``s = −ε / std`` (Å⁻¹) from a noise prediction ``ε`` [n, 3] and ``std`` [n]
-    (Eq. 7); 0 where ``std`` is 0."""
-    eps = jnp.asarray(eps)
-    sd = _std_col(std, eps)
-    return jnp.where(sd > 0, -eps / jnp.where(sd > 0, sd, 1.0), 0.0)
-
-
-def score_to_eps(score, std) -> Array:
-    """Noise ``ε = −std · s`` from a score ``s`` [n, 3] (Å⁻¹) and ``std`` [n] (Å)."""
-    score = jnp.asarray(score)
-    return -_std_col(std, score) * score
-
-
-def output_to_eps(raw, std, parametrization: str = "eps") -> Array:
-    """The network's raw position output ``[n, 3]`` as a noise prediction ε̂."""
-    if parametrization == "eps":
-        return jnp.asarray(raw)
-    if parametrization == "score":
-        return score_to_eps(raw, std)
-    raise ValueError(f"parametrization={parametrization!r}; choose one of {_PARAMS}")
-
-
-def output_to_score(raw, std, parametrization: str = "eps") -> Array:
-    """The network's raw position output ``[n, 3]`` as a score (Å⁻¹)."""
-    if parametrization == "eps":
-        return eps_to_score(raw, std)
-    if parametrization == "score":
-        return jnp.asarray(raw)
-    raise ValueError(f"parametrization={parametrization!r}; choose one of {_PARAMS}")
 
 
 # --------------------------------------------------------------------------------------
@@ -278,26 +233,3 @@ def joint_loss(
         )
     loss = config.lambda_positions * loss_r + config.lambda_types * loss_z
     return loss, {"loss": loss, "loss_positions": loss_r, "loss_types": loss_z}
-
-
-def make_score_fn(apply_fn: ApplyFn, params: Any, sde: SDE | None, parametrization: str = "eps"):
-    """A sampler score function (:data:`agedi_jax.samplers.ScoreFn`) from a network.
-
-    Returns ``score_fn(state, t[g], key, type_weights=None) -> Scores`` with the position
-    output converted to a score in Å⁻¹ (:func:`output_to_score`, ``std`` from ``sde`` at
-    each graph's time) and the type log-scores passed through. ``type_weights`` is
-    forwarded to ``apply_fn`` as a keyword when given (type interpolation)."""
-    if parametrization not in _PARAMS:
-        raise ValueError(f"parametrization={parametrization!r}; choose one of {_PARAMS}")
-
-    def score_fn(state: AtomsBatch, t, key, type_weights=None) -> Scores:
-        del key
-        kwargs = {} if type_weights is None else {"type_weights": type_weights}
-        out = apply_fn(params, state, t, state.label, **kwargs)
-        pos = out.positions
-        if pos is not None and sde is not None:
-            std = sde.std(jnp.asarray(t)[state.graph_index])
-            pos = output_to_score(pos, std, parametrization)
-        return Scores(positions=pos, types=out.types)
-
-    return score_fn

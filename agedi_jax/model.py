@@ -16,6 +16,7 @@ The joint loss is Eq. 18 (:func:`agedi_jax.losses.joint_loss`).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import chex
@@ -24,12 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import discrete, losses
-from . import sde as sde_lib
-from .config import Config
-from .graph import AtomsBatch, TypeVocab
-from .nn import make_network
-from .scores import Scores
+from agedi_jax import discrete, losses
+from agedi_jax import sde as sde_lib
+from agedi_jax.batch import AtomsBatch
+from agedi_jax.config import Config, sde_params, type_schedule_params
+from agedi_jax.nn import make_network, network_fields
+from agedi_jax.scores import Scores, gaussian_skip, make_score_fn, mean_log_score
+from agedi_jax.vocab import TypeVocab
 
 Array = jax.Array
 
@@ -63,96 +65,53 @@ class DiffusionModel(NamedTuple):
         if self.config.model.num_labels == 0:
             label = None
         out = self.network.apply(params, batch, t, label, **kwargs)
-        if out.positions is not None and self.config.process.data_scale > 0:
-            out = out._replace(positions=out.positions + gaussian_skip(self, batch, t))
-        if out.types is not None and self.config.process.type_parametrization == "mean":
+        p = self.config.process
+        if out.positions is not None and p.data_scale > 0:
+            skip = gaussian_skip(self.sde, p.data_scale, p.parametrization, batch, t)
+            out = out._replace(positions=out.positions + skip)
+        if out.types is not None and p.type_parametrization == "mean":
             out = out._replace(types=mean_log_score(self.process, batch, t, out.types))
         return out
 
     def score_fn(self, params: Any) -> Callable[..., Scores]:
         """Sampler score function (position score in Å⁻¹, type log-scores)."""
-        return losses.make_score_fn(self.apply, params, self.sde, self.config.process.parametrization)
-
-
-def gaussian_skip(model: "DiffusionModel", batch: AtomsBatch, t: Array) -> Array:
-    """The exact position output for Gaussian data, added to the network's output so that
-    the network only learns the residual (a skip connection in the spirit of EDM's
-    preconditioning).
-
-    Along the zero-centre-of-mass axes (:func:`agedi_jax.graph.com_axes`: every axis of a
-    cluster, z of a 2D material) data of per-axis variance ``s²`` noised to
-    ``x_t = m x_0 + std ε`` has the score ``−(x − c)/(m² s² + std²)``, i.e.
-    ``ε̂ = std (x − c)/(m² s² + std²)`` (``c`` the centre of mass). ``s² = data_scale² ·
-    N^{2/3}`` grows with the number of atoms N like a cluster's radius of gyration.
-    At high noise, where atoms are farther apart than the cutoff and a local network cannot
-    see the centre of the structure, this term carries the correct pull towards it.
-    Shapes: batch [n], t [g] or scalar -> [n, 3]; zero on periodic axes and padding."""
-    from .graph import com_axes, remove_com
-
-    x = jnp.asarray(batch.positions)
-    dtype = x.dtype
-    t = jnp.broadcast_to(jnp.asarray(t, dtype), (batch.num_graphs,))
-    gi = jnp.asarray(batch.graph_index)
-    axes = com_axes(batch)  # [g, 3]
-    rel = jnp.where(axes[gi], remove_com(batch, x), 0.0)
-    n = jnp.maximum(jnp.asarray(batch.n_node, dtype), 1.0)
-    s2 = (model.config.process.data_scale**2) * n ** (2.0 / 3.0)  # [g]
-    sde = model.sde
-    std = sde.std(t)
-    m = sde.mean_coeff(t)
-    denom = (m * m * s2 + std * std)[gi][:, None]
-    if model.config.process.parametrization == "eps":
-        return std[gi][:, None] * rel / denom
-    return -rel / denom
-
-
-def mean_log_score(process, batch: AtomsBatch, t: Array, logits: Array) -> Array:
-    """Type log-scores in the *mean* parametrisation: ``log ŝ_y = log a(σ̄(t)) +
-    log_softmax(logits)_y`` with ``a = 1/(e^{σ̄} − 1)``.
-
-    For the absorbing process the true concrete score of a masked atom is exactly
-    ``a · p(z_0 = y | x_t)`` (DESIGN.md §2; the identity behind Eq. 14's constant term), so the
-    network only predicts the clean-type posterior and the score entropy becomes a
-    weighted cross-entropy ``σ a (−log p(z_0))``; this keeps the outputs O(1) at every
-    noise level (SEDD scales its absorbing scores the same way). Shapes: t [g] or scalar,
-    logits [n, K] -> [n, K]."""
-    t = jnp.broadcast_to(jnp.asarray(t, logits.dtype), (batch.num_graphs,))
-    sigma_bar = process.total(t)[jnp.asarray(batch.graph_index)]
-    log_a = discrete.masked_log_ratio(sigma_bar)
-    return log_a[:, None] + jax.nn.log_softmax(logits, axis=-1)
+        return make_score_fn(self.apply, params, self.sde, self.config.process.parametrization)
 
 
 def make_sde(config: Config):
-    """The position SDE of a config (None when positions are off)."""
-    p = config.process
+    """The position SDE of a config (None when positions are off), built by the registry
+    (:func:`agedi_jax.sde.make_sde`)."""
     if not config.model.positions:
         return None
-    if p.sde == "ve":
-        sched = (
-            sde_lib.VELinearSchedule(p.sigma_min, p.sigma_max)
-            if p.schedule == "linear"
-            else sde_lib.VEGeometricSchedule(p.sigma_min, p.sigma_max)
-        )
-        return sde_lib.VESDE(sched)
-    sched = sde_lib.VPLinearSchedule(p.beta_min, p.beta_max) if p.schedule == "linear" else sde_lib.VPCosineSchedule()
-    return sde_lib.VPSDE(sched)
+    p = config.process
+    return sde_lib.make_sde(p.sde, p.schedule, **sde_params(p))
 
 
 def make_process(config: Config, num_types: int):
-    """The absorbing type process of a config (None when types are off)."""
+    """The absorbing type process of a config (None when types are off), built by the
+    registry (:func:`agedi_jax.discrete.make_type_process`)."""
     if not config.model.types:
         return None
     p = config.process
-    sched = (
-        discrete.LogLinearSchedule(p.type_eps)
-        if p.type_schedule == "loglinear"
-        else discrete.GeometricSchedule()
-    )
-    return discrete.AbsorbingProcess(num_types, sched)
+    return discrete.make_type_process(num_types, p.type_schedule, **type_schedule_params(p))
+
+
+def network_kwargs(config: Config, num_types: int, avg_num_neighbors: float) -> dict[str, Any]:
+    """The constructor arguments of the configured network: every ``model`` field the
+    network class has (by name; ``positions``/``types`` as ``position_head``/``type_head``),
+    then ``model.network_params``."""
+    m = config.model
+    fields = set(network_fields(m.network))
+    values = {f.name: getattr(m, f.name) for f in dataclasses.fields(m)}
+    values.update(position_head=m.positions, type_head=m.types)
+    kwargs = {k: v for k, v in values.items() if k in fields and k not in ("network_params", "avg_num_neighbors")}
+    kwargs.update(num_types=num_types, avg_num_neighbors=float(avg_num_neighbors))
+    kwargs.update(dict(m.network_params))
+    return kwargs
 
 
 def build_model(config: Config, vocab: TypeVocab, avg_num_neighbors: float | None = None) -> DiffusionModel:
-    """Assemble a :class:`DiffusionModel`.
+    """Assemble a :class:`DiffusionModel` from the registries (network, SDE, type process).
 
     ``avg_num_neighbors`` (computed from the training data) is used when
     ``config.model.avg_num_neighbors`` is 0; the value used is the one saved in the config
@@ -164,23 +123,7 @@ def build_model(config: Config, vocab: TypeVocab, avg_num_neighbors: float | Non
         raise ValueError(
             "build_model: model.avg_num_neighbors is 0 and no value computed from data was given"
         )
-    kwargs: dict[str, Any] = dict(
-        num_types=vocab.num_types,
-        num_labels=m.num_labels,
-        cutoff=m.cutoff,
-        num_layers=m.num_layers,
-        features=m.features,
-        num_basis=m.num_basis,
-        avg_num_neighbors=float(avg),
-        position_head=m.positions,
-        type_head=m.types,
-        global_context=m.global_context,
-        com_vector=m.com_vector,
-        normalize=m.normalize,
-    )
-    if m.network == "nequip":
-        kwargs.update(vector_features=m.vector_features, l_max=m.l_max)
-    network = make_network(m.network, **kwargs)
+    network = make_network(m.network, **network_kwargs(config, vocab.num_types, avg))
     sde = make_sde(config)
     process = make_process(config, vocab.num_types)
     t = config.train
@@ -252,7 +195,7 @@ def init_state(model: DiffusionModel, key: Array, example: AtomsBatch) -> TrainS
     batch = jax.tree.map(jnp.asarray, example)
     t = jnp.full((batch.num_graphs,), 0.5, batch.positions.dtype)
     label = jnp.asarray(batch.label) if model.config.model.num_labels else None
-    params = _cached("init", model, lambda: jax.jit(model.network.init))(key, batch, t, label)
+    params = compiled("init", model, lambda: jax.jit(model.network.init))(key, batch, t, label)
     opt_state = make_optimizer(model.config).init(params)
     ema = jax.tree.map(jnp.array, params)  # a copy: params and EMA are donated separately
     return TrainState(jnp.zeros((), jnp.int32), params, opt_state, ema)
@@ -282,48 +225,85 @@ def compute_key(model: DiffusionModel) -> tuple:
     return (model.network, model.sde, model.process, model.loss_config, model.vocab, c.model, c.process, c.train)
 
 
-def _cached(kind: str, model: DiffusionModel, build):
-    """One jitted function per (kind, model): equal models share compiled code."""
-    key = (kind, compute_key(model))
+def compiled(kind: str, model: DiffusionModel, build: Callable[[], Any], *extra: Any) -> Any:
+    """The package's one cache of jitted functions: one per ``(kind, model, *extra)``, so
+    equal models (and equal sampler settings, meshes, ...) share compiled code across runs
+    of one process. ``build()`` makes the jitted function on a miss."""
+    key = (kind, compute_key(model), *extra)
     if key not in _COMPILED:
-        if len(_COMPILED) > 32:
+        if len(_COMPILED) > 64:
             _COMPILED.clear()
         _COMPILED[key] = build()
     return _COMPILED[key]
 
 
-def make_train_step(model: DiffusionModel, jit: bool = True):
+def _loss_fn(model: DiffusionModel) -> Callable:
+    loss_config = model.loss_config
+
+    def loss_fn(params, batch: AtomsBatch, key: Array):
+        return losses.joint_loss(params, model.apply, batch, key, loss_config)
+
+    return loss_fn
+
+
+def make_grad_fn(model: DiffusionModel, mesh: Any = None) -> Callable:
+    """``grad_fn(params, batch, key) -> (grads, metrics)``: gradients and metrics of the
+    joint loss (Eq. 18). With a ``mesh`` the batch is stacked over its devices
+    (:mod:`agedi_jax.parallel`) and the result is that of the union batch. Not jitted (for
+    custom optimisers or gradient accumulation; :func:`make_train_step` uses it)."""
+    loss_fn = _loss_fn(model)
+    if mesh is not None:
+        from agedi_jax.parallel import data_parallel_grad
+
+        return data_parallel_grad(loss_fn, mesh)
+
+    def grad_fn(params, batch: AtomsBatch, key: Array):
+        chex.assert_rank(batch.positions, 2)
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key)
+        return grads, metrics
+
+    return grad_fn
+
+
+def make_train_step(model: DiffusionModel, mesh: Any = None, *, jit: bool = True):
     """``train_step(state, batch, key) -> (state, metrics)``: one optimiser step on the joint
     loss (Eq. 18), with EMA update. Pure; jitted (state donated) unless ``jit=False``; the
     jitted function is shared by equal models (no recompilation across runs of one process).
+
+    With a ``mesh`` (:func:`agedi_jax.parallel.make_mesh`) the step is data-parallel: the
+    state is replicated, the batch stacked over the devices, and the update equals that of
+    the single-device step on the union batch.
 
     The key is the step's key: the training loop passes ``fold_in(seed_key, step)`` so that
     a resumed run draws the same noise as an uninterrupted one.
     """
     if jit:
-        return _cached("train", model, lambda: jax.jit(make_train_step(model, jit=False), donate_argnums=0))
-    loss_config = model.loss_config
+        return compiled("train", model, lambda: jax.jit(make_train_step(model, mesh, jit=False), donate_argnums=0), mesh)
+    grad_fn = make_grad_fn(model, mesh)
 
     def train_step(state: TrainState, batch: AtomsBatch, key: Array):
-        chex.assert_rank(batch.positions, 2)
+        if mesh is not None:
+            from agedi_jax.parallel import check_stacked
 
-        def loss_fn(params):
-            return losses.joint_loss(params, model.apply, batch, key, loss_config)
-
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            check_stacked(batch, mesh, "data-parallel train step")
+        grads, metrics = grad_fn(state.params, batch, key)
         return apply_gradients(model, state, grads), dict(metrics, grad_norm=optax.tree.norm(grads))
 
     return train_step
 
 
-def make_eval_step(model: DiffusionModel, jit: bool = True):
-    """``eval_step(params, batch, key) -> metrics``: the joint loss without gradients."""
+def make_eval_step(model: DiffusionModel, mesh: Any = None, *, jit: bool = True):
+    """``eval_step(params, batch, key) -> metrics``: the joint loss without gradients
+    (of the union batch with a ``mesh``)."""
     if jit:
-        return _cached("eval", model, lambda: jax.jit(make_eval_step(model, jit=False)))
-    loss_config = model.loss_config
+        return compiled("eval", model, lambda: jax.jit(make_eval_step(model, mesh, jit=False)), mesh)
+    loss_fn = _loss_fn(model)
+    if mesh is not None:
+        from agedi_jax.parallel import data_parallel_loss
+
+        return data_parallel_loss(loss_fn, mesh)
 
     def eval_step(params, batch: AtomsBatch, key: Array):
-        _, metrics = losses.joint_loss(params, model.apply, batch, key, loss_config)
-        return metrics
+        return loss_fn(params, batch, key)[1]
 
     return eval_step

@@ -1,11 +1,18 @@
-"""Beyond one device: data-parallel training and sharded sampling with ``jax.sharding``
-(DESIGN.md §5; no ``pmap``).
+"""Beyond one device: the layout of data-parallel batches over a ``jax.sharding`` mesh
+and the ``shard_map`` wrappers that run per-batch functions on it (no ``pmap``).
+
+Training and sampling themselves have one path for one device or many:
+:func:`agedi_jax.train.fit` and :func:`agedi_jax.generate.sample_atoms` take ``mesh=``, and
+:func:`agedi_jax.model.make_train_step` / :func:`~agedi_jax.model.make_grad_fn` wrap the
+single-device loss with :func:`data_parallel_grad` when given one. This module holds only
+what is specific to many devices: meshes, shardings, the stacked layout with global graph
+slots, and those wrappers.
 
 **Layout.** A parallel batch is ``D`` sub-batches (*shards*) stacked along a new leading
-axis, every shard padded to the same :class:`~agedi_jax.graph.Bucket`; the leading axis is
+axis, every shard padded to the same :class:`~agedi_jax.batch.Bucket`; the leading axis is
 sharded over the mesh axis ``"data"`` (``D`` = a multiple of the number of devices),
 parameters and optimiser state are replicated. Each shard is an ordinary
-:class:`~agedi_jax.graph.AtomsBatch` (MASK = 0, padding atom and padding graph last) with
+:class:`~agedi_jax.batch.AtomsBatch` (MASK = 0, padding atom and padding graph last) with
 one twist, the **global graph slots**: a shard has as many graph slots as the union of all
 shards of the step, and its structures sit in the slots they have in that union (shard
 ``d`` holds structures ``o_d .. o_d + k_d − 1`` with ``o_d = k_0 + … + k_{d−1}``); the
@@ -13,17 +20,16 @@ other slots are empty (``graph_mask`` False, no atoms) and the last one is the p
 graph. Graph slots cost a few numbers each; atoms and edges stay per shard.
 
 **Why global slots.** The loss and the samplers draw every random number from keys folded
-with the *graph slot* and the atom's index inside its graph
-(:func:`agedi_jax.sde.atom_keys`, :func:`agedi_jax.sde.graph_uniform`). With global slots
-a structure gets exactly the noise, time and label dropout it would get in the single
-batch of all the step's structures, whichever device it lands on and however many devices
-there are. Hence what holds:
+with the *graph slot* and the atom's index inside its graph (:mod:`agedi_jax.keys`). With
+global slots a structure gets exactly the noise, time and label dropout it would get in
+the single batch of all the step's structures, whichever device it lands on and however
+many devices there are. Hence what holds:
 
-* the parallel loss, gradients and optimiser step equal those of
+* the parallel loss, gradients and optimiser step equal those of the single-device
   :func:`agedi_jax.model.make_train_step` on the union batch (:func:`union_batch`), up to
   float32 rounding (sums in another order, ~1e-7 relative);
-* :func:`sample_sharded` with ``seed`` and ``batch_size=B`` returns the structures of
-  :func:`agedi_jax.sampling.sample_atoms` with the same ``seed`` and ``batch_size``, up to
+* ``sample_atoms(..., mesh=mesh)`` with ``seed`` and ``batch_size=B`` returns the
+  structures of the single-device call with the same ``seed`` and ``batch_size``, up to
   rounding (per-structure arithmetic is the same; compiled code for another padded shape
   may round differently in the last bit, which the reverse SDE can amplify, and a
   categorical type draw sitting on a rounding boundary may flip);
@@ -47,33 +53,24 @@ global, ordered by process), so each host owns a contiguous block of shards
 Usage::
 
     mesh = make_mesh()                                   # all devices, axis "data"
-    stream = ShardedBatchStream(BatchStream(encoded, batch_size), num_shards=mesh.size)
-    state = replicate(init_state(model, key, stream.union_batch(0)), mesh)
-    step = make_parallel_train_step(model, mesh)
-    for s in range(steps):
-        state, metrics = step(state, stream.sharded(s, mesh), jax.random.fold_in(key, s))
-    atoms = sample_sharded(model, state.ema_params, mesh, n_atoms=13, num_samples=256)
+    run = fit(config, "runs/x", mesh=mesh)               # data-parallel training
+    atoms = sample_atoms(run.model, run.state.ema_params, n_atoms=13, num_samples=256, mesh=mesh)
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from . import losses
-from .batching import BatchStream
-from .graph import MASK, AtomsBatch, Bucket, EncodedStructure, atoms_from_batch, bucket_for, collate
-from .sde import check_batch, free_atoms
-
-if TYPE_CHECKING:  # the network stack (e3nn, flax) is imported only when a model is used
-    from .model import DiffusionModel, TrainState
+from agedi_jax.batch import AtomsBatch, Bucket, EncodedStructure, collate
+from agedi_jax.batching import BatchStream
+from agedi_jax.geometry import free_atoms
+from agedi_jax.vocab import MASK
 
 Array = jax.Array
 
@@ -94,11 +91,11 @@ __all__ = [
     "shard_batch",
     "replicate",
     "ShardedBatchStream",
-    "make_parallel_grad_fn",
-    "make_parallel_train_step",
-    "make_parallel_eval_step",
-    "make_sharded_sampler",
-    "sample_sharded",
+    "check_stacked",
+    "data_parallel_grad",
+    "data_parallel_loss",
+    "shard_parallel",
+    "fetch",
 ]
 
 
@@ -288,13 +285,13 @@ def stack_shards(
     len(chunks[d−1]) + j`` of ``bucket.n_graph`` slots.
 
     Args:
-      chunks: ``D`` sequences of :class:`~agedi_jax.graph.EncodedStructure`.
+      chunks: ``D`` sequences of :class:`~agedi_jax.batch.EncodedStructure`.
       bucket: the shard bucket (see :func:`shard_bucket`); ``n_graph`` must exceed the
         total number of structures.
       shards: build only these shards (a host's local part); the slots still follow
         from all ``chunks``.
     Returns:
-      an :class:`~agedi_jax.graph.AtomsBatch` whose every array has a leading axis of
+      an :class:`~agedi_jax.batch.AtomsBatch` whose every array has a leading axis of
       ``len(shards)`` (default ``D``).
     """
     if len(chunks) == 0:
@@ -422,7 +419,7 @@ class ShardedBatchStream:
 
 
 # --------------------------------------------------------------------------------------
-# Data-parallel training
+# shard_map wrappers
 # --------------------------------------------------------------------------------------
 
 
@@ -436,9 +433,11 @@ def _map_shards(fn: Callable, tree: Any) -> Any:
     return jax.vmap(fn)(tree)
 
 
-def _check_stacked(batch: AtomsBatch, mesh: Mesh, who: str) -> None:
+def check_stacked(batch: AtomsBatch, mesh: Mesh, who: str) -> None:
+    """Raise naming the problem unless ``batch`` is a stacked batch whose shard count is a
+    multiple of the mesh size."""
     if not isinstance(batch, AtomsBatch):
-        raise TypeError(f"{who}: expected a stacked agedi_jax.graph.AtomsBatch, got {type(batch).__name__}")
+        raise TypeError(f"{who}: expected a stacked agedi_jax.batch.AtomsBatch, got {type(batch).__name__}")
     if np.ndim(batch.positions) != 3:
         raise ValueError(
             f"{who}: expected a stacked batch with positions [D, n, 3] (see stack_shards), "
@@ -452,15 +451,15 @@ def _check_stacked(batch: AtomsBatch, mesh: Mesh, who: str) -> None:
         raise ValueError(f"{who}: {d} shards cannot be split over {ndev} devices: use a multiple of {ndev}")
 
 
-def _global_loss(model: DiffusionModel):
+def _global_mean(loss_fn: Callable) -> Callable:
     """``(params, local_shards, key) -> (loss, metrics)`` inside ``shard_map``: per-shard
-    joint losses (Eq. 18) recombined with their counted-atom weights and summed over the
-    ``"data"`` axis, i.e. the joint loss of the union batch."""
-    loss_config = model.loss_config
+    losses (each a mean over the shard's counted atoms — real, non-fixed) recombined with
+    their counted-atom weights and summed over the ``"data"`` axis, i.e. the loss of the
+    union batch (never a mean of shard means)."""
 
     def fn(params, block: AtomsBatch, key: Array):
         def one(b: AtomsBatch):
-            _, metrics = losses.joint_loss(params, model.apply, b, key, loss_config)
+            _, metrics = loss_fn(params, b, key)
             count = jnp.sum(free_atoms(b)).astype(metrics["loss"].dtype)
             return count, {k: v * count for k, v in metrics.items()}
 
@@ -473,195 +472,69 @@ def _global_loss(model: DiffusionModel):
     return fn
 
 
-def make_parallel_grad_fn(model: DiffusionModel, mesh: Mesh, *, jit: bool = True):
-    """``grad_fn(params, stacked_batch, key) -> (grads, metrics)``: gradients of the joint
-    loss (Eq. 18) of all shards — those of the union batch (:func:`union_batch`) — and
-    its metrics (``loss``, ``loss_positions``, ``loss_types``), replicated. For custom
-    optimisers or gradient accumulation; :func:`make_parallel_train_step` uses it."""
-    loss_fn = _global_loss(model)
+def data_parallel_grad(loss_fn: Callable, mesh: Mesh) -> Callable:
+    """``grad_fn(params, stacked_batch, key) -> (grads, metrics)`` for a per-batch
+    ``loss_fn(params, batch, key) -> (loss, metrics)`` whose loss is a mean over the
+    batch's counted atoms (as :func:`agedi_jax.losses.joint_loss`): the gradients and
+    metrics of the union batch (:func:`union_batch`), replicated; the batch is stacked
+    (leading shard axis over ``"data"``), parameters replicated, the key the same on every
+    device (noise is keyed by global graph slot)."""
+    loss = _global_mean(loss_fn)
 
     def local(params, block, key):
-        (_, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, block, key)
+        (_, metrics), g = jax.value_and_grad(loss, has_aux=True)(params, block, key)
         return g, metrics
 
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=(P(), P()))
 
     def grad_fn(params, batch: AtomsBatch, key: Array):
-        _check_stacked(batch, mesh, "parallel gradient")
+        check_stacked(batch, mesh, "data-parallel gradient")
         return sharded(params, batch, key)
 
-    return jax.jit(grad_fn) if jit else grad_fn
+    return grad_fn
 
 
-def make_parallel_train_step(model: DiffusionModel, mesh: Mesh, *, jit: bool = True):
-    """``step(state, stacked_batch, key) -> (state, metrics)``: one data-parallel optimiser
-    step on the joint loss (Eq. 18) of all shards, with EMA — the same update as
-    :func:`agedi_jax.model.make_train_step` on :func:`union_batch` of the shards.
-
-    ``state`` is replicated (:func:`replicate`), ``stacked_batch`` an :class:`AtomsBatch`
-    with a leading shard axis ``D`` (a multiple of ``mesh.size``; :func:`stack_shards`,
-    :meth:`ShardedBatchStream.sharded`), ``key`` the step's key (the same on every
-    device: noise is keyed by global graph slot). Metrics: ``loss``, ``loss_positions``,
-    ``loss_types`` of the union and ``grad_norm``. Jitted with the state donated unless
-    ``jit=False``.
-    """
-    from .model import TrainState, apply_gradients
-
-    grad_fn = make_parallel_grad_fn(model, mesh, jit=False)
-
-    def step(state: TrainState, batch: AtomsBatch, key: Array):
-        _check_stacked(batch, mesh, "parallel train step")
-        g, metrics = grad_fn(state.params, batch, key)
-        # The update of model.make_train_step, on the global gradients.
-        return apply_gradients(model, state, g), dict(metrics, grad_norm=optax.tree.norm(g))
-
-    return jax.jit(step, donate_argnums=0) if jit else step
-
-
-def make_parallel_eval_step(model: DiffusionModel, mesh: Mesh, *, jit: bool = True):
-    """``eval_step(params, stacked_batch, key) -> metrics``: the joint loss of all shards
-    without gradients (as :func:`agedi_jax.model.make_eval_step` on the union batch)."""
-    loss_fn = _global_loss(model)
+def data_parallel_loss(loss_fn: Callable, mesh: Mesh) -> Callable:
+    """``metrics_fn(params, stacked_batch, key) -> metrics``: the metrics of ``loss_fn``
+    (as in :func:`data_parallel_grad`) on the union of the shards, without gradients."""
+    loss = _global_mean(loss_fn)
     sharded = jax.shard_map(
-        lambda p, b, k: loss_fn(p, b, k)[1], mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=P()
+        lambda p, b, k: loss(p, b, k)[1], mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=P()
     )
 
-    def eval_step(params, batch: AtomsBatch, key: Array):
-        _check_stacked(batch, mesh, "parallel eval step")
+    def metrics_fn(params, batch: AtomsBatch, key: Array):
+        check_stacked(batch, mesh, "data-parallel loss")
         return sharded(params, batch, key)
 
-    return jax.jit(eval_step) if jit else eval_step
+    return metrics_fn
 
 
-# --------------------------------------------------------------------------------------
-# Sharded sampling
-# --------------------------------------------------------------------------------------
+def shard_parallel(fn: Callable, mesh: Mesh, stacked: Sequence[bool]) -> Callable:
+    """``fn`` applied shard by shard on every device of ``mesh``: the arguments flagged in
+    ``stacked`` carry a leading shard axis laid over ``"data"`` (each device runs ``fn`` on
+    each of its shards — a plain call with one shard per device, ``vmap`` with more), the
+    others are replicated; the result is stacked along the shard axis. Used by the
+    sampler (:func:`agedi_jax.generate.make_sampler` with a mesh)."""
+    flags = tuple(bool(x) for x in stacked)
+    specs = tuple(P(DATA_AXIS) if f else P() for f in flags)
 
-_SAMPLERS: dict = {}
+    def local(*args):
+        shards = tuple(a for a, f in zip(args, flags) if f)
 
+        def one(shard_args):
+            it = iter(shard_args)
+            return fn(*(next(it) if f else a for a, f in zip(args, flags)))
 
-def make_sharded_sampler(
-    model: DiffusionModel,
-    mesh: Mesh,
-    *,
-    guided: bool = False,
-    interpolate: tuple[int, int] | None = None,
-    config: Any = None,
-):
-    """``run(params, key, stacked_template, generate_types[D, g], w) -> stacked AtomsBatch``:
-    every device runs the compiled sampler of :func:`agedi_jax.sampling.make_sampler`
-    (prior → ``lax.scan`` over the time grid → final step; classifier-free guidance with
-    weight ``w`` when ``guided``, Eq. 19) on its shards, with the same key (randomness is
-    keyed by global graph slot). Cached per (model, mesh, guided, interpolation, config)."""
-    from .sampling import make_sampler
+        return _map_shards(one, shards)
 
-    cache_key = (model, mesh, guided, interpolate, config)
-    if cache_key not in _SAMPLERS:
-        if len(_SAMPLERS) > 16:
-            _SAMPLERS.clear()
-        run = make_sampler(model, guided=guided, interpolate=interpolate, config=config)
-
-        def local(params, key, block, gen, w):
-            return _map_shards(lambda bg: run(params, key, bg[0], bg[1], w), (block, gen))
-
-        sharded = jax.shard_map(
-            local, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS), P()), out_specs=P(DATA_AXIS)
-        )
-
-        def run_sharded(params, key, template: AtomsBatch, generate_types: Array, w: Array) -> AtomsBatch:
-            _check_stacked(template, mesh, "sharded sampler")
-            chex.assert_shape(generate_types, (template.cell.shape[0], template.cell.shape[1]))
-            return sharded(params, key, template, generate_types, jnp.asarray(w, jnp.float32))
-
-        _SAMPLERS[cache_key] = jax.jit(run_sharded)
-    return _SAMPLERS[cache_key]
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P(DATA_AXIS))
 
 
-def _fetch(x: AtomsBatch) -> AtomsBatch:
-    """Bring a (possibly multi-host) stacked result to the host."""
+def fetch(x: AtomsBatch) -> AtomsBatch:
+    """Bring a (possibly multi-host) stacked result to the host as numpy arrays."""
     leaves = list(x)
     if all(getattr(a, "is_fully_addressable", True) for a in leaves):
         return AtomsBatch(*(np.asarray(a) for a in jax.device_get(leaves)))
     from jax.experimental import multihost_utils
 
     return AtomsBatch(*(np.asarray(a) for a in multihost_utils.process_allgather(leaves, tiled=True)))
-
-
-def sample_sharded(
-    model: DiffusionModel,
-    params: Any,
-    mesh: Mesh,
-    *,
-    n_atoms: int | Sequence[int] | None = None,
-    compositions: str | Sequence[str] | None = None,
-    templates: Any = None,
-    num_samples: int | None = None,
-    generate_types: bool | None = None,
-    label: int | Sequence[int] | None = None,
-    guidance: float | None = None,
-    interpolate: tuple[str, str] | None = None,
-    sampler: str | None = None,
-    type_sampler: str | None = None,
-    steps: int | None = None,
-    seed: int | None = None,
-    batch_size: int | None = None,
-    shards_per_device: int = 1,
-) -> list:
-    """Generate structures over all devices of ``mesh``; arguments and the returned
-    ``list[ase.Atoms]`` (same order, same ``info``) as
-    :func:`agedi_jax.sampling.sample_atoms`.
-
-    Templates are taken in batches of ``batch_size`` structures (default
-    ``sample.batch_size``); batch ``i`` uses the key ``fold_in(PRNGKey(seed), i)`` and is
-    split into ``mesh.size × shards_per_device`` contiguous shards, one per device (a
-    shard may be empty), all in one bucket, so the sampler compiles once. Same ``seed``
-    and ``batch_size`` give the structures of ``sample_atoms`` (module docstring).
-    """
-    from .batching import common_bucket
-    from .config import replace
-    from .sampling import prepare_request
-
-    if int(shards_per_device) < 1:
-        raise ValueError(f"sample_sharded: shards_per_device must be >= 1, got {shards_per_device}")
-    req = prepare_request(
-        model, n_atoms=n_atoms, compositions=compositions, templates=templates, num_samples=num_samples,
-        generate_types=generate_types, label=label, guidance=guidance, interpolate=interpolate,
-        sampler=sampler, type_sampler=type_sampler, steps=steps, seed=seed, batch_size=batch_size,
-    )
-    cfg, s, encoded = req.config, req.config.sample, req.encoded
-    n = len(req.structures)
-    num_shards = mesh.devices.size * int(shards_per_device)
-    batches = [list(range(i, min(i + s.batch_size, n))) for i in range(0, n, s.batch_size)]
-    parts = [[list(p) for p in np.array_split(np.asarray(b), num_shards)] for b in batches]
-    nonempty = [[encoded[i] for i in p] for ps in parts for p in ps if p]
-    small = common_bucket(nonempty)
-    bucket = Bucket(small.n_node, small.n_edge, bucket_for(0, 0, s.batch_size).n_graph)
-    # seed and batch size do not enter the compiled sampler: keep them out of its cache key
-    base = model.config.sample
-    compiled_cfg = replace(cfg, sample=dict(seed=base.seed, batch_size=base.batch_size))
-    run = make_sharded_sampler(model, mesh, guided=req.guided, interpolate=req.interpolate, config=compiled_cfg)
-    mine = local_shards(mesh, num_shards)
-    params = replicate(params, mesh)  # a no-op when they already are
-    root = jax.random.PRNGKey(s.seed)
-    out: list = []
-    for bi, (idx, ps) in enumerate(zip(batches, parts)):
-        stacked = stack_shards([[encoded[i] for i in p] for p in ps], bucket, mine)
-        if model.sde is not None:  # as sample_atoms: VP on a periodic template is an error, not NaN
-            for shard in unstack(stacked):
-                check_batch(model.sde, shard)
-        gen_mask = np.zeros(bucket.n_graph, bool)
-        gen_mask[: len(idx)] = [req.generate[i] for i in idx]
-        gen_mask = np.broadcast_to(gen_mask, (len(mine), bucket.n_graph)).copy()
-        result = run(
-            params,
-            jax.random.fold_in(root, bi),
-            shard_batch(stacked, mesh, num_shards),
-            jax.make_array_from_process_local_data(data_sharding(mesh), gen_mask, (num_shards, bucket.n_graph)),
-            jnp.float32(req.w),
-        )
-        for shard, p in zip(unstack(_fetch(result)), ps):
-            if not p:
-                continue
-            atoms = req.to_atoms(model, shard, p)
-            out += atoms
-    return out

@@ -64,9 +64,10 @@ def quickstart(
     with sizes drawn from the training data, write them, print where everything went."""
     import jax
 
-    from .config import config_hash, override, preset
-    from .sampling import sample_atoms, write_extxyz
-    from .train import fit
+    from agedi_jax.config import config_hash, override, preset
+    from agedi_jax.generate import sample_atoms
+    from agedi_jax.results import write_extxyz
+    from agedi_jax.train import fit, load_training_data
 
     out = Path(out)
     cfg = override(preset("quickstart"), list(overrides))
@@ -78,8 +79,6 @@ def quickstart(
     cfg = model.config
 
     # sizes and their frequencies as in the training data, drawn with the sampling seed
-    from .train import load_training_data
-
     data = load_training_data(cfg)
     sizes = np.array([len(a) for a in data.structures])
     rng = np.random.default_rng(cfg.sample.seed)

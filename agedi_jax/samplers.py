@@ -5,11 +5,11 @@ A **score function** (:data:`ScoreFn`) maps ``(state, t[g], key)`` to
 :class:`~agedi_jax.scores.Scores` in physical units: the position score
 ``∇_R log p_t`` in Å⁻¹ and the type log concrete scores ``[n, K]``. It may accept a
 keyword ``type_weights=[n, K+1]`` (per-atom weights over the type-embedding table), which
-:func:`interpolated` uses. :func:`agedi_jax.losses.make_score_fn` builds one from a network.
+:func:`interpolated` uses. :func:`agedi_jax.scores.make_score_fn` builds one from a network.
 
 A **step** is a small frozen NamedTuple, callable as
 ``step(key, state, t, t_next, score_fn) -> state``, where ``state`` is the
-:class:`~agedi_jax.graph.AtomsBatch` (positions and types evolve; everything else is the
+:class:`~agedi_jax.batch.AtomsBatch` (positions and types evolve; everything else is the
 template) and ``t > t_next`` are scalars of the grid:
 
 * positions: :func:`euler_maruyama` (Eq. 9, or Euler on the probability-flow ODE),
@@ -22,13 +22,13 @@ Position and type steps also accept ``scores=`` (already evaluated at ``(state, 
 that :func:`joint` can share one call. Every step uses the grid's own ``Δt = t_next − t``
 and adds the update to the current position. Invariants kept after every step: fixed
 atoms never move and never change type, padding atoms stay at 0 (and their type), updates
-are projected onto the zero-CoM subspace along :func:`~agedi_jax.graph.com_axes` (the
+are projected onto the zero-CoM subspace along :func:`~agedi_jax.geometry.com_axes` (the
 centre of mass is kept), positions are wrapped along periodic axes.
 
 Randomness: step ``i`` of :func:`sample` uses ``fold_in(key, i)``; inside a step the
 score call, the position noise, the type draw and corrector ``j`` use
 ``fold_in(step_key, 0 / 1 / 2 / 10 + j)``, and per-atom draws are keyed by graph slot and
-index inside the graph (:func:`agedi_jax.sde.atom_keys`). A structure's sample therefore
+index inside the graph (:func:`agedi_jax.keys.atom_keys`). A structure's sample therefore
 does not depend on the padded sizes or on the other structures of the batch (given
 score functions that treat graphs independently).
 
@@ -49,21 +49,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from agedi_jax import discrete
-from agedi_jax.graph import MASK, AtomsBatch, com_axes, graph_sum, remove_com
+from agedi_jax.batch import AtomsBatch
+from agedi_jax.geometry import centre, com_axes, displace, free_atoms, graph_sum, remove_com, wrap_positions
+from agedi_jax.keys import atom_keys, atom_normal, graph_uniform
 from agedi_jax.scores import Scores
-from agedi_jax.sde import (
-    SDE,
-    atom_keys,
-    atom_normal,
-    batch_drift,
-    centre,
-    check_batch,
-    displace,
-    free_atoms,
-    graph_uniform,
-    prior_sample,
-    wrap_positions,
-)
+from agedi_jax.sde import SDE, batch_drift, check_batch, prior_sample
+from agedi_jax.vocab import MASK
 
 Array = jax.Array
 
@@ -91,6 +82,10 @@ __all__ = [
     "analytic",
     "joint",
     "finalize",
+    "POSITION_SAMPLERS",
+    "TYPE_SAMPLERS",
+    "GRIDS",
+    "make_step",
     "time_grid",
     "sample",
     "prior_state",
@@ -227,10 +222,8 @@ class PredictorCorrector(NamedTuple):
     def __call__(self, key, state: AtomsBatch, t, t_next, score_fn: ScoreFn, scores: Scores | None = None) -> AtomsBatch:
         state = EulerMaruyama(self.sde)(key, state, t, t_next, score_fn, scores)
         dtype = jnp.asarray(state.positions).dtype
-        if self.sde.is_vp:
-            a = jnp.exp(self.sde.schedule.alpha(jnp.asarray(t_next, dtype)) - self.sde.schedule.alpha(jnp.asarray(t, dtype)))
-        else:
-            a = jnp.ones((), dtype)
+        # score_sde's α_i: the squared ratio of the kernel mean coefficients (1 for VE)
+        a = (self.sde.mean_coeff(jnp.asarray(t, dtype)) / self.sde.mean_coeff(jnp.asarray(t_next, dtype))) ** 2
         free = free_atoms(state)
         dof = 3.0 * graph_sum(state, free.astype(dtype)) - jnp.sum(com_axes(state), -1).astype(dtype)
         dof = jnp.maximum(dof, 0.0)
@@ -335,7 +328,7 @@ class Finalize(NamedTuple):
       ``∝ ŝ_y`` (``greedy``: the argmax), :func:`agedi_jax.discrete.resolve_mask`; skipped
       when the score function has no type head.
     * ``sde`` given and ``denoise``: Tweedie's estimate ``E[x_0 | x_t] = c + (y + std² s)/m``
-      (``y = x − c`` relative to the :func:`~agedi_jax.sde.centre`, ``m`` the kernel mean
+      (``y = x − c`` relative to the :func:`~agedi_jax.geometry.centre`, ``m`` the kernel mean
       coefficient; VE: ``x + std² s``), projected and wrapped like every step.
     """
 
@@ -416,6 +409,49 @@ def finalize(sde: SDE | None = None, denoise: bool = True, resolve_types: bool =
 
 
 # --------------------------------------------------------------------------------------
+# Registries: sampler names -> step constructors
+# --------------------------------------------------------------------------------------
+
+POSITION_SAMPLERS: dict[str, Callable[[SDE, Any], Any]] = {
+    "em": lambda sde, opts: euler_maruyama(sde),
+    "pc": lambda sde, opts: predictor_corrector(sde, opts.snr, opts.corrector_steps),
+    "ode": lambda sde, opts: heun_ode(sde),
+}
+"""Position samplers by name: ``(sde, options) -> step``; ``options`` is a
+:class:`~agedi_jax.config.SampleConfig` (or anything with its fields). Adding a sampler is
+its step class plus one line here; the config's validation reads this table."""
+
+TYPE_SAMPLERS: dict[str, Callable[[discrete.AbsorbingProcess, Any], Any]] = {
+    "tau": lambda process, opts: tau_leaping(process),
+    "analytic": lambda process, opts: analytic(process),
+}
+"""Type samplers by name: ``(process, options) -> step`` (as :data:`POSITION_SAMPLERS`)."""
+
+GRIDS = ("uniform", "quadratic", "log")
+"""Kinds of :func:`time_grid`."""
+
+
+def make_step(sde: SDE | None, process: discrete.AbsorbingProcess | None, options: Any):
+    """The step of the configured samplers — the one construction point of sampler steps:
+    ``options.sampler`` for positions (when ``sde`` is given), ``options.type_sampler`` for
+    types (when ``process`` is given), :func:`joint` when both are modelled."""
+    pos = typ = None
+    if sde is not None:
+        if options.sampler not in POSITION_SAMPLERS:
+            raise ValueError(f"unknown position sampler {options.sampler!r}; choose one of {sorted(POSITION_SAMPLERS)}")
+        pos = POSITION_SAMPLERS[options.sampler](sde, options)
+    if process is not None:
+        if options.type_sampler not in TYPE_SAMPLERS:
+            raise ValueError(f"unknown type sampler {options.type_sampler!r}; choose one of {sorted(TYPE_SAMPLERS)}")
+        typ = TYPE_SAMPLERS[options.type_sampler](process, options)
+    if pos is not None and typ is not None:
+        return joint(pos, typ)
+    if pos is None and typ is None:
+        raise ValueError("make_step: nothing to sample (no SDE and no type process)")
+    return pos if pos is not None else typ
+
+
+# --------------------------------------------------------------------------------------
 # The sampling loop
 # --------------------------------------------------------------------------------------
 
@@ -437,7 +473,7 @@ def time_grid(num_steps: int, eps: float = 1e-3, kind: str = "uniform") -> Array
     elif kind == "log":
         g = np.exp(np.log(eps) * (1.0 - u))
     else:
-        raise ValueError(f"time_grid: kind must be 'uniform', 'quadratic' or 'log', got {kind!r}")
+        raise ValueError(f"time_grid: kind must be one of {GRIDS}, got {kind!r}")
     g[0], g[-1] = 1.0, eps
     return jnp.asarray(g)
 

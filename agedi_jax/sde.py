@@ -1,5 +1,5 @@
 """Continuous diffusion of atomic positions: noise schedules, VE / VP SDEs and their use
-on an :class:`~agedi_jax.graph.AtomsBatch` (paper Sec. II A, Eqs. 2–9; DESIGN.md §2).
+on an :class:`~agedi_jax.batch.AtomsBatch` (paper Sec. II A, Eqs. 2–9).
 
 Time runs from ``t = 0`` (data) to ``t = 1`` (prior). Positions are Cartesian, in Å.
 
@@ -11,38 +11,48 @@ Time runs from ``t = 0`` (data) to ``t = 1`` (prior). Positions are Cartesian, i
 
 Schedules and SDEs are frozen NamedTuples of Python numbers, registered as *static*
 pytrees (pass them to ``jit`` freely; new numbers recompile). Their methods are pure,
-elementwise functions of ``t`` (and of ``x`` for the drift).
+elementwise functions of ``t`` (and of ``x`` for the drift). Every SDE has the interface
+of :class:`SDE`.
 
-Batch conventions (the batch-level functions below):
+**Adding an SDE or a schedule**: write the class(es) and add one line to :data:`SDES`
+(``register_sde("name", MySDE, {"schedule": MySchedule})``); :func:`make_sde` — the one
+construction point, used by the model and by the config's validation — then builds it
+from names, and every field of the schedule can be set from the config
+(``process.sigma_min``/``sigma_max``/``beta_min``/``beta_max`` where the schedule has
+such fields, any other through ``process.schedule_params``).
+
+Batch conventions (the batch-level functions below; geometry in :mod:`agedi_jax.geometry`):
 
 * Fixed atoms and padding atoms are never noised and never moved.
-* Translation invariance: along :func:`agedi_jax.graph.com_axes` (the non-periodic axes of
-  graphs without fixed atoms) noise, prior samples and scores live in the
+* Translation invariance: along :func:`agedi_jax.geometry.com_axes` (the non-periodic axes
+  of graphs without fixed atoms) noise, prior samples and scores live in the
   zero-centre-of-mass subspace, so the centre of mass never changes.
-* VP acts on coordinates relative to a per-graph **centre** (:func:`centre`): the centre
-  of mass of a graph without fixed atoms, the centroid of its fixed atoms otherwise. The
-  centre is kept by every noising and sampling step, so it can be recomputed from the
-  current positions at any time.
-* Periodic axes (VE only; VP on a periodic axis has no stationary prior and raises):
-  noised positions are wrapped into the cell, and the Gaussian kernel becomes the
-  *wrapped normal* — the sum of the Gaussian over the periodic lattice images. Its score
-  (:func:`wrapped_normal_score`) is the training target, since σ can be comparable to the
-  cell. Non-periodic directions (z of a 2D material) stay Gaussian. The periodic lattice
-  vectors are assumed orthogonal to the non-periodic Cartesian axes whenever those are
-  zero-CoM axes (true for 2D materials in the xy plane).
+* VP acts on coordinates relative to a per-graph **centre**
+  (:func:`agedi_jax.geometry.centre`): the centre of mass of a graph without fixed atoms,
+  the centroid of its fixed atoms otherwise. The centre is kept by every noising and
+  sampling step, so it can be recomputed from the current positions at any time.
+* Periodic axes (SDEs with ``periodic = True``: VE; VP on a periodic axis has no
+  stationary prior and raises): noised positions are wrapped into the cell, and the
+  Gaussian kernel becomes the *wrapped normal* — the sum of the Gaussian over the periodic
+  lattice images. Its score (:func:`wrapped_normal_score`) is the training target, since σ
+  can be comparable to the cell. Non-periodic directions (z of a 2D material) stay
+  Gaussian. The periodic lattice vectors are assumed orthogonal to the non-periodic
+  Cartesian axes whenever those are zero-CoM axes (true for 2D materials in the xy plane).
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Union
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agedi_jax.graph import AtomsBatch, com_axes, graph_mean, remove_com
+from agedi_jax.batch import AtomsBatch
+from agedi_jax.geometry import centre, com_axes, free_atoms, inv3, remove_com, wrap_positions
+from agedi_jax.keys import atom_normal
 
 Array = jax.Array
 
@@ -54,20 +64,16 @@ __all__ = [
     "VESDE",
     "VPSDE",
     "SDE",
+    "SDES",
+    "register_sde",
+    "is_sde",
+    "schedule_fields",
     "make_sde",
     "reverse_drift",
-    "atom_keys",
-    "atom_normal",
-    "graph_uniform",
-    "free_atoms",
-    "centre",
-    "wrap_positions",
-    "displace",
     "batch_drift",
     "check_batch",
     "wrapped_normal_score",
     "noise_positions",
-    "target_score",
     "prior_sample",
 ]
 
@@ -79,6 +85,17 @@ def _is_number(x) -> bool:
 def _require(ok: bool, msg: str) -> None:
     if not ok:
         raise ValueError(msg)
+
+
+def _check_schedule(sde: Any) -> None:
+    """Raise ``TypeError`` unless ``sde.schedule`` is one of the schedules registered for
+    the SDE's class (:data:`SDES`); then validate the schedule's numbers."""
+    allowed = [s for cls, scheds in SDES.values() if type(sde) is cls for s in scheds.values()]
+    if allowed and not isinstance(sde.schedule, tuple(allowed)):
+        names = " | ".join(c.__name__ for c in allowed)
+        raise TypeError(f"{type(sde).__name__} needs one of its schedules ({names}), got {type(sde.schedule).__name__}")
+    if hasattr(sde.schedule, "validate"):
+        sde.schedule.validate()
 
 
 # --------------------------------------------------------------------------------------
@@ -205,10 +222,6 @@ class VPCosineSchedule(NamedTuple):
         return -2.0 * jnp.log1p(-2.0 * jnp.sin(0.5 * delta) ** 2 - math.tan(phi0) * jnp.sin(delta))
 
 
-VESchedule = Union[VELinearSchedule, VEGeometricSchedule]
-VPSchedule = Union[VPLinearSchedule, VPCosineSchedule]
-
-
 # --------------------------------------------------------------------------------------
 # SDEs
 # --------------------------------------------------------------------------------------
@@ -220,14 +233,12 @@ class VESDE(NamedTuple):
     Methods are elementwise in ``t``; ``x`` is in Å.
     """
 
-    schedule: VESchedule = VELinearSchedule()
+    schedule: Any = VELinearSchedule()
 
-    is_vp = False  # class constant (not a field)
+    periodic: ClassVar[bool] = True  # acts on periodic axes (wrapped normal)
 
     def validate(self) -> None:
-        if not isinstance(self.schedule, (VELinearSchedule, VEGeometricSchedule)):
-            raise TypeError(f"VESDE needs a VE schedule (VELinearSchedule | VEGeometricSchedule), got {type(self.schedule).__name__}")
-        self.schedule.validate()
+        _check_schedule(self)
 
     def drift(self, x, t) -> Array:
         """Forward drift ``f(x, t) = 0`` (Å per unit time), shape of ``x``."""
@@ -276,14 +287,12 @@ class VPSDE(NamedTuple):
     """Variance-preserving SDE (Eq. 5): ``f = −½ β x``, ``g² = β``; kernel (Eq. 6)
     ``N(x0 e^{−α/2}, (1 − e^{−α}) I)``. ``x`` is relative to the graph's centre."""
 
-    schedule: VPSchedule = VPLinearSchedule()
+    schedule: Any = VPLinearSchedule()
 
-    is_vp = True  # class constant (not a field)
+    periodic: ClassVar[bool] = False  # contracts towards a centre: clusters only
 
     def validate(self) -> None:
-        if not isinstance(self.schedule, (VPLinearSchedule, VPCosineSchedule)):
-            raise TypeError(f"VPSDE needs a VP schedule (VPLinearSchedule | VPCosineSchedule), got {type(self.schedule).__name__}")
-        self.schedule.validate()
+        _check_schedule(self)
 
     def drift(self, x, t) -> Array:
         """Forward drift ``f(x, t) = −½ β(t) x``."""
@@ -330,37 +339,82 @@ class VPSDE(NamedTuple):
         return reverse_drift(self, x, t, score, probability_flow)
 
 
-SDE = Union[VESDE, VPSDE]
+class SDE(Protocol):
+    """The interface of a position SDE (what losses, samplers and the model use).
 
-for _cls in (VELinearSchedule, VEGeometricSchedule, VPLinearSchedule, VPCosineSchedule, VESDE, VPSDE):
-    jax.tree_util.register_static(_cls)
+    ``periodic`` says whether it may act on periodic axes; ``t`` broadcasts elementwise;
+    ``x`` in Å (VP: relative to the graph's centre)."""
+
+    periodic: ClassVar[bool]
+
+    def validate(self) -> None: ...
+    def drift(self, x, t) -> Array: ...
+    def g2(self, t) -> Array: ...
+    def diffusion(self, t) -> Array: ...
+    def mean_coeff(self, t) -> Array: ...
+    def mean_coeff_minus_one(self, t) -> Array: ...
+    def std(self, t) -> Array: ...
+    def marginal(self, x0, t) -> tuple[Array, Array]: ...
+    @property
+    def prior_std(self) -> float: ...
 
 
-def make_sde(
-    sde: str = "ve",
-    schedule: str = "linear",
-    *,
-    sigma_min: float = 0.01,
-    sigma_max: float = 8.0,
-    beta_min: float = 0.1,
-    beta_max: float = 20.0,
-) -> SDE:
-    """Build an SDE from names (as in :class:`agedi_jax.config.ProcessConfig`):
-    ``sde`` "ve" (schedules "linear", "geometric") or "vp" ("linear", "cosine")."""
-    if sde == "ve":
-        table = {"linear": VELinearSchedule, "geometric": VEGeometricSchedule}
-        if schedule not in table:
-            raise ValueError(f"VE schedule {schedule!r} unknown; choose one of {sorted(table)}")
-        out = VESDE(table[schedule](sigma_min, sigma_max))
-    elif sde == "vp":
-        if schedule == "linear":
-            out = VPSDE(VPLinearSchedule(beta_min, beta_max))
-        elif schedule == "cosine":
-            out = VPSDE(VPCosineSchedule())
-        else:
-            raise ValueError(f"VP schedule {schedule!r} unknown; choose 'linear' or 'cosine'")
-    else:
-        raise ValueError(f"sde {sde!r} unknown; choose 've' or 'vp'")
+SDES: dict[str, tuple[type, dict[str, type]]] = {}
+"""The registry of position SDEs: name → (SDE class, {schedule name: schedule class})."""
+
+
+def register_sde(name: str, cls: type, schedules: dict[str, type]) -> None:
+    """Register an SDE class (a NamedTuple whose one field is ``schedule``) under ``name``
+    with its schedules (NamedTuples of numbers); both become static pytrees."""
+    if not schedules:
+        raise ValueError(f"register_sde({name!r}): give at least one schedule")
+    for c in (cls, *schedules.values()):
+        try:
+            jax.tree_util.register_static(c)
+        except ValueError:  # already registered (a module reload)
+            pass
+    SDES[name] = (cls, dict(schedules))
+
+
+register_sde("ve", VESDE, {"linear": VELinearSchedule, "geometric": VEGeometricSchedule})
+register_sde("vp", VPSDE, {"linear": VPLinearSchedule, "cosine": VPCosineSchedule})
+
+
+def is_sde(obj: Any) -> bool:
+    """Whether ``obj`` is an instance of a registered SDE class."""
+    return any(isinstance(obj, cls) for cls, _ in SDES.values())
+
+
+def schedule_fields(sde: str, schedule: str) -> tuple[str, ...]:
+    """The parameter names of a registered schedule (its NamedTuple fields)."""
+    return tuple(_lookup(sde, schedule)[1]._fields)
+
+
+def _lookup(sde: str, schedule: str) -> tuple[type, type]:
+    if sde not in SDES:
+        raise ValueError(f"sde {sde!r} unknown; choose one of {sorted(SDES)}")
+    cls, schedules = SDES[sde]
+    if schedule not in schedules:
+        raise ValueError(f"{sde!r} SDE: schedule {schedule!r} unknown; choose one of {sorted(schedules)}")
+    return cls, schedules[schedule]
+
+
+def make_sde(sde: str = "ve", schedule: str = "linear", *, strict: bool = True, **params: float) -> SDE:
+    """Build and validate a registered SDE from names and schedule parameters — the one
+    construction point of position SDEs (the model and the config's validation use it).
+
+    ``params`` are fields of the schedule (e.g. ``sigma_min``, ``sigma_max`` for VE;
+    ``beta_min``, ``beta_max`` for VP linear; ``s``, ``alpha_max`` for VP cosine); missing
+    ones keep the schedule's defaults. With ``strict=False`` parameters the schedule does
+    not have are ignored (the config passes its common fields to every schedule);
+    otherwise they raise, naming the valid ones."""
+    cls, sched_cls = _lookup(sde, schedule)
+    fields = sched_cls._fields
+    unknown = sorted(set(params) - set(fields))
+    if unknown and strict:
+        raise ValueError(f"{sde!r} SDE, {schedule!r} schedule: no parameter(s) {unknown}; valid: {list(fields)}")
+    kwargs = {k: float(v) for k, v in params.items() if k in fields}
+    out = cls(sched_cls(**kwargs))
     out.validate()
     return out
 
@@ -374,110 +428,15 @@ def reverse_drift(sde: SDE, x, t, score, probability_flow: bool = False) -> Arra
 
 
 # --------------------------------------------------------------------------------------
-# Random numbers keyed per graph slot and per atom (padding-invariant)
+# The SDE on a batch
 # --------------------------------------------------------------------------------------
-
-
-def _local_index(batch: AtomsBatch) -> Array:
-    """Index of every atom inside its graph (0 for the first atom of each graph)."""
-    n, g = batch.num_nodes, batch.num_graphs
-    idx = jnp.arange(n)
-    first = jax.ops.segment_min(idx, batch.graph_index, num_segments=g)
-    return idx - first[batch.graph_index]
-
-
-def atom_keys(key: Array, batch: AtomsBatch) -> Array:
-    """One PRNG key per atom: ``fold_in(fold_in(key, graph slot), index in graph)``.
-
-    Random numbers drawn from these keys depend only on the atom's graph slot and position
-    inside its graph, not on the padded sizes or the other graphs of the batch."""
-    gkeys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(batch.num_graphs))
-    return jax.vmap(jax.random.fold_in)(gkeys[batch.graph_index], _local_index(batch))
-
-
-def atom_normal(key: Array, batch: AtomsBatch, dtype=None) -> Array:
-    """Standard normal ``[n, 3]`` keyed per atom (see :func:`atom_keys`)."""
-    dtype = dtype or jnp.asarray(batch.positions).dtype
-    keys = atom_keys(key, batch)
-    return jax.vmap(lambda k: jax.random.normal(k, (3,), dtype))(keys)
-
-
-def graph_uniform(key: Array, batch: AtomsBatch, minval=0.0, maxval=1.0, dtype=None) -> Array:
-    """Uniform ``[g]`` keyed per graph slot (``fold_in(key, slot)``)."""
-    dtype = dtype or jnp.asarray(batch.positions).dtype
-    gkeys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(batch.num_graphs))
-    return jax.vmap(lambda k: jax.random.uniform(k, (), dtype, minval, maxval))(gkeys)
-
-
-# --------------------------------------------------------------------------------------
-# Batch geometry
-# --------------------------------------------------------------------------------------
-
-
-def free_atoms(batch: AtomsBatch) -> Array:
-    """[n] bool: real atoms that are not fixed (the ones that are noised and sampled)."""
-    return jnp.asarray(batch.node_mask, bool) & ~jnp.asarray(batch.fixed, bool)
-
-
-def _has_fixed(batch: AtomsBatch) -> Array:
-    f = (jnp.asarray(batch.fixed, bool) & jnp.asarray(batch.node_mask, bool)).astype(jnp.int32)
-    return jax.ops.segment_max(f, batch.graph_index, num_segments=batch.num_graphs) > 0
-
-
-def centre(batch: AtomsBatch, positions=None) -> Array:
-    """Per-graph centre ``[g, 3]`` (Å) that VP contracts towards and priors are drawn
-    around: the centroid of the fixed atoms of graphs that have some, else the centre of
-    mass (unweighted mean) of the real atoms. Zero along periodic axes (unused there)."""
-    x = jnp.asarray(batch.positions if positions is None else positions)
-    com = graph_mean(batch, x)
-    fixed_c = graph_mean(batch, x, weights=jnp.asarray(batch.fixed, bool))
-    c = jnp.where(_has_fixed(batch)[:, None], fixed_c, com)
-    return jnp.where(jnp.asarray(batch.pbc, bool), 0.0, c)
-
-
-def _inv3(m: Array) -> Array:
-    """Inverse of a batch of 3×3 matrices ``[..., 3, 3]`` by the adjugate (cheap to compile
-    compared with an LU solve; the matrices here are cells and Gram matrices, well
-    conditioned)."""
-    a, b, c = m[..., 0, :], m[..., 1, :], m[..., 2, :]
-    r0, r1, r2 = jnp.cross(b, c), jnp.cross(c, a), jnp.cross(a, b)
-    det = jnp.sum(a * r0, axis=-1)[..., None, None]
-    return jnp.stack([r0, r1, r2], axis=-1) / det
-
-
-def wrap_positions(batch: AtomsBatch, positions) -> Array:
-    """Wrap positions ``[n, 3]`` (Å) into the cell along periodic axes, as ASE's ``wrap``:
-    subtract the whole lattice vectors ``⌊f_a⌋ a_a`` (fractional coordinates
-    ``f = x · cell⁻¹``), so periodic ``f_a ∈ [0, 1)`` afterwards. Atoms already inside are
-    returned bit-identical; graphs without periodic axes are untouched."""
-    x = jnp.asarray(positions)
-    pbc = jnp.asarray(batch.pbc, bool)
-    cell = jnp.asarray(batch.cell, x.dtype)
-    any_pbc = jnp.any(pbc, axis=-1)
-    safe = jnp.where(any_pbc[:, None, None], cell, jnp.eye(3, dtype=x.dtype))
-    inv = _inv3(safe)
-    gi = batch.graph_index
-    frac = jnp.einsum("ni,nij->nj", x, inv[gi])
-    shift = jnp.where(pbc[gi], jnp.floor(frac), 0.0)
-    return x - jnp.einsum("ni,nij->nj", shift, cell[gi])
-
-
-def displace(batch: AtomsBatch, positions, dx) -> Array:
-    """``positions + dx`` for free atoms only, with ``dx`` projected onto the zero-CoM
-    subspace along :func:`~agedi_jax.graph.com_axes` (the centre of mass is kept exactly)
-    and the result wrapped along periodic axes; fixed and padding atoms keep their
-    positions. Shapes ``[n, 3]``, Å."""
-    x = jnp.asarray(positions)
-    dx = jnp.where(free_atoms(batch)[:, None], dx, 0.0)
-    dx = remove_com(batch, dx)
-    return wrap_positions(batch, x + dx)
 
 
 def check_batch(sde: SDE, batch: AtomsBatch) -> None:
-    """Raise ``ValueError`` if a VP SDE meets a periodic real graph (VP contracts towards
-    a centre, which a periodic axis does not have). Checked when ``batch.pbc`` is known on
+    """Raise ``ValueError`` if an SDE without ``periodic`` (VP) meets a periodic real graph
+    (VP contracts towards a centre, which a periodic axis does not have). Checked when ``batch.pbc`` is known on
     the host; inside a trace the batch-level functions poison such graphs with NaN."""
-    if not sde.is_vp:
+    if sde.periodic:
         return
     pbc, gm = batch.pbc, batch.graph_mask
     if isinstance(pbc, jax.core.Tracer) or isinstance(gm, jax.core.Tracer):
@@ -485,14 +444,15 @@ def check_batch(sde: SDE, batch: AtomsBatch) -> None:
     bad = np.where(np.any(np.asarray(pbc, bool), axis=-1) & np.asarray(gm, bool))[0]
     if bad.size:
         raise ValueError(
-            f"the VP SDE cannot act on periodic axes (graphs {bad[:10].tolist()} have pbc); "
+            f"this SDE ({type(sde).__name__}) cannot act on periodic axes (graphs {bad[:10].tolist()} have pbc); "
             "use the VE SDE for periodic structures"
         )
 
 
 def _vp_poison(sde: SDE, batch: AtomsBatch, x: Array) -> Array:
-    """NaN out the atoms of periodic graphs under VP (the traced fallback of check_batch)."""
-    if not sde.is_vp:
+    """NaN out the atoms of periodic graphs under an SDE that cannot act on periodic axes
+    (the traced fallback of :func:`check_batch`)."""
+    if sde.periodic:
         return x
     periodic = jnp.any(jnp.asarray(batch.pbc, bool), axis=-1) & jnp.asarray(batch.graph_mask, bool)
     bad = periodic[batch.graph_index] & jnp.asarray(batch.node_mask, bool)
@@ -503,8 +463,6 @@ def batch_drift(sde: SDE, batch: AtomsBatch, positions, t_atom) -> Array:
     """Forward drift ``f`` of every atom ``[n, 3]``: VE 0; VP ``−½ β (x − centre)``.
     ``t_atom`` is ``[n]``."""
     x = jnp.asarray(positions)
-    if not sde.is_vp:
-        return jnp.zeros_like(x)
     c = centre(batch, x)[batch.graph_index]
     f = sde.drift(x - c, jnp.asarray(t_atom)[:, None])
     return _vp_poison(sde, batch, f)
@@ -558,7 +516,7 @@ def wrapped_normal_score(d, std, cell, pbc, images: int = 2) -> Array:
     a = jnp.where(pbc[:, :, None], cell, 0.0)
     eye = jnp.eye(3, dtype=dtype)
     gram = jnp.einsum("nik,njk->nij", a, a) + jnp.where(pbc[:, :, None], 0.0, eye)
-    b = jnp.einsum("nik,nij->nkj", a, _inv3(gram))  # columns: reciprocal basis
+    b = jnp.einsum("nik,nij->nkj", a, inv3(gram))  # columns: reciprocal basis
     s2 = jnp.maximum(jnp.asarray(std, dtype) ** 2, jnp.finfo(dtype).tiny)[:, None]
 
     grid = jnp.asarray(_image_grid(images), dtype)  # [S, 3]
@@ -601,9 +559,9 @@ def noise_positions(key: Array, sde: SDE, batch: AtomsBatch, t) -> tuple[AtomsBa
     """Sample ``R_t ~ p_0t(· | R_0)`` for every free atom (Eqs. 6, 8).
 
     ``x_t = x0 + (m − 1)(x0 − c) + std·ε`` with ``m`` the kernel mean coefficient, ``c``
-    the graph :func:`centre` and ``ε ~ N(0, I)`` projected onto the zero-CoM subspace along
-    :func:`~agedi_jax.graph.com_axes`; fixed and padding atoms keep their positions;
-    periodic axes are wrapped. The noise is keyed per atom (:func:`atom_normal`).
+    the graph :func:`~agedi_jax.geometry.centre` and ``ε ~ N(0, I)`` projected onto the zero-CoM subspace along
+    :func:`~agedi_jax.geometry.com_axes`; fixed and padding atoms keep their positions;
+    periodic axes are wrapped. The noise is keyed per atom (:func:`agedi_jax.keys.atom_normal`).
 
     Args:
       key: PRNG key.
@@ -643,15 +601,6 @@ def noise_positions(key: Array, sde: SDE, batch: AtomsBatch, t) -> tuple[AtomsBa
     target = jnp.where(periodic[:, None], -std[:, None] * ws, eps)
     target = jnp.where(free[:, None], target, 0.0)
     return batch._replace(positions=xt), target, std
-
-
-def target_score(eps, std) -> Array:
-    """Score target ``−ε / std`` (Å⁻¹) from the ε-target ``[n, 3]`` and ``std`` ``[n]``
-    of :func:`noise_positions` (Eq. 7); 0 where ``std`` is 0."""
-    eps = jnp.asarray(eps)
-    std = jnp.asarray(std, eps.dtype)
-    safe = jnp.where(std > 0, std, 1.0)
-    return jnp.where((std > 0)[:, None], -eps / safe[:, None], 0.0)
 
 
 def prior_sample(key: Array, sde: SDE, batch: AtomsBatch) -> AtomsBatch:

@@ -27,18 +27,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .batching import BatchStream, fixed_batches
-from .checkpoint import (
+from agedi_jax.batching import BatchStream, fixed_batches
+from agedi_jax.checkpoint import (
     CheckpointError,
     check_compatible,
     load_config_and_vocab,
     restore_state,
     save_checkpoint,
 )
-from .config import Config, config_hash, replace
-from .graph import TypeVocab, encode_structures
-from .metrics import MetricsLog, plot_losses, read_metrics
-from .model import DiffusionModel, TrainState, build_model, init_state, learning_rate, make_eval_step, make_train_step
+from agedi_jax.config import Config, config_hash, replace
+from agedi_jax.convert import encode_structures
+from agedi_jax.model import DiffusionModel, TrainState, build_model, init_state, learning_rate, make_eval_step, make_train_step
+from agedi_jax.runlog import MetricsLog, plot_losses, read_metrics
+from agedi_jax.vocab import TypeVocab
+
+__all__ = ["PreparedData", "TrainResult", "run_keys", "load_training_data", "prepare_data", "data_scale", "fit"]
 
 
 class PreparedData(NamedTuple):
@@ -60,27 +63,15 @@ class TrainResult(NamedTuple):
     metrics: list
 
 
-def resolve_data_spec(spec: str) -> str:
-    """Resolve a data spec; a missing ``../shared/data/...`` path falls back to
-    ``$AGEDI_JAX_DATA`` (the location of the shared data on this machine)."""
-    prefix = spec.split(":", 1)[0] if spec.startswith(("qcd:", "c2db:", "xyz:")) else ""
-    path = spec[len(prefix) + 1 :] if prefix else spec
-    marker = "shared/data/"
-    env = os.environ.get("AGEDI_JAX_DATA")
-    if marker in path and env and not Path(path.split(":")[0]).exists():
-        path = str(Path(env) / path.split(marker, 1)[1])
-    return f"{prefix}:{path}" if prefix else path
-
-
 def load_training_data(config: Config):
     """The data set of a config (loaded with :func:`agedi_jax.data.load_dataset`)."""
-    from .data import load_dataset
+    from agedi_jax.data import load_dataset
 
     d = config.data
     kwargs: dict[str, Any] = {}
     if d.subset:
         kwargs["subset"] = d.subset
-    dataset = load_dataset(resolve_data_spec(d.dataset), **kwargs)
+    dataset = load_dataset(d.dataset, **kwargs)
     if d.elements:
         wanted = {e.strip() for e in d.elements.split(",") if e.strip()}
         keep = [i for i, a in enumerate(dataset.structures) if set(a.get_chemical_symbols()) <= wanted]
@@ -106,7 +97,7 @@ def _labels_of(dataset, config: Config) -> list[int] | None:
 
 def prepare_data(config: Config, dataset=None) -> PreparedData:
     """Load, split, encode; fill in ``model.avg_num_neighbors`` and ``model.num_labels``."""
-    from .nn import average_num_neighbors
+    from agedi_jax.nn import average_num_neighbors
 
     if dataset is None:
         dataset = load_training_data(config)
@@ -163,7 +154,7 @@ def prepare_data(config: Config, dataset=None) -> PreparedData:
 def data_scale(structures) -> float:
     """s0 (Å) with per-axis positional variance ≈ s0² N^{2/3} along the non-periodic axes of
     the data (a cluster's radius of gyration grows like N^{1/3}); see
-    :func:`agedi_jax.model.gaussian_skip`. 0 if no structure has a non-periodic axis."""
+    :func:`agedi_jax.scores.gaussian_skip`. 0 if no structure has a non-periodic axis."""
     vals = []
     for a in structures:
         free = ~np.asarray(a.pbc, bool)
@@ -173,6 +164,13 @@ def data_scale(structures) -> float:
         var = ((x - x.mean(0)) ** 2).mean()
         vals.append(var / len(a) ** (2.0 / 3.0))
     return float(np.sqrt(np.mean(vals))) if vals else 0.0
+
+
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(init_key, step_key, val_key)`` of a training run with ``train.seed = seed``; step
+    ``s`` uses ``fold_in(step_key, s)``."""
+    init_key, step_key, val_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+    return init_key, step_key, val_key
 
 
 def _mean_metrics(records: list[dict]) -> dict:
@@ -188,6 +186,7 @@ def fit(
     progress: bool = True,
     dataset=None,
     stop_at: int | None = None,
+    mesh: Any = None,
 ) -> TrainResult:
     """Train (or resume) a model; see the module docstring for what is written.
 
@@ -199,6 +198,13 @@ def fit(
       progress: show a tqdm progress bar.
       dataset: a :class:`agedi_jax.data.Dataset` to use instead of ``config.data.dataset``.
       stop_at: stop after this step (as if interrupted; a later call resumes).
+      mesh: a device mesh (:func:`agedi_jax.parallel.make_mesh`) for data-parallel
+        training: every step takes ``mesh.size`` consecutive packed batches of
+        ``train.batch_size`` structures, one shard per device
+        (:class:`~agedi_jax.parallel.ShardedBatchStream`), and equals the one-device step
+        on their union. The state is replicated; checkpoints are the same as without a
+        mesh (a run may be resumed with or without one, or with another device count —
+        batches then follow the new layout).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -226,14 +232,24 @@ def fit(
     tcfg = config.train
     stream = BatchStream(data.train, tcfg.batch_size, seed=tcfg.seed)
     val_batches = fixed_batches(data.val, tcfg.batch_size, tcfg.val_batches) if data.val else []
-    root_key = jax.random.PRNGKey(tcfg.seed)
-    init_key, step_key, val_key = jax.random.split(root_key, 3)
+    init_key, step_key, val_key = run_keys(tcfg.seed)
 
-    state = init_state(model, init_key, stream.batch(0))
+    if mesh is None:
+        example, next_batch = stream.batch(0), stream.batch
+    else:
+        from agedi_jax.parallel import ShardedBatchStream, replicate
+
+        pstream = ShardedBatchStream(stream, mesh.devices.size)
+        example = pstream.union_batch(0)
+
+        def next_batch(step: int):
+            return pstream.sharded(step, mesh)
+
+    state = init_state(model, init_key, example)
     if resumed_from is not None:
         state = restore_state(latest, state)
-    state = jax.device_put(state)
-    train_step = make_train_step(model)
+    state = jax.device_put(state) if mesh is None else replicate(state, mesh)
+    train_step = make_train_step(model, mesh)
     eval_step = make_eval_step(model)
     log = MetricsLog(run_dir / "metrics.jsonl", resume_step=resumed_from)
 
@@ -268,8 +284,7 @@ def fit(
     pending: list = []
     t_last = time.perf_counter()
     for step in range(start, end):
-        batch = stream.batch(step)
-        state, metrics = train_step(state, batch, jax.random.fold_in(step_key, step))
+        state, metrics = train_step(state, next_batch(step), jax.random.fold_in(step_key, step))
         pending.append(metrics)
         done = step + 1
         if done % tcfg.log_every == 0 or done == end:

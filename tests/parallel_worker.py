@@ -10,6 +10,7 @@ Prints one line ``RESULT {json}`` with the measured quantities; the test asserts
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -61,9 +62,10 @@ def main() -> dict:
     from agedi_jax import config as C
     from agedi_jax import losses, parallel
     from agedi_jax.batching import BatchStream
-    from agedi_jax.graph import TypeVocab, encode_structures
-    from agedi_jax.model import build_model, init_state, make_train_step
-    from agedi_jax.sampling import sample_atoms
+    from agedi_jax.convert import encode_structures
+    from agedi_jax.vocab import TypeVocab
+    from agedi_jax.model import build_model, init_state, make_grad_fn, make_train_step
+    from agedi_jax.generate import sample_atoms
 
     res: dict = {"devices": jax.device_count()}
     structs = clusters(14)
@@ -98,8 +100,8 @@ def main() -> dict:
         )(state.params)
         return metrics, grads, single_step(state, batch, k)
 
-    grad_fn = parallel.make_parallel_grad_fn(model, mesh, jit=False)
-    par_step = parallel.make_parallel_train_step(model, mesh, jit=False)
+    grad_fn = make_grad_fn(model, mesh)
+    par_step = make_train_step(model, mesh, jit=False)
 
     @jax.jit
     def data_parallel(state, batch, k):
@@ -138,10 +140,10 @@ def main() -> dict:
     # path; some shards empty).
     params = state0.params
     kw = dict(n_atoms=[3, 5], num_samples=3, batch_size=4)
-    a1 = parallel.sample_sharded(model, params, mesh, seed=5, shards_per_device=2, **kw)
+    a1 = sample_atoms(model, params, mesh=mesh, seed=5, shards_per_device=2, **kw)
     _tick("sharded sampling first call")
-    a2 = parallel.sample_sharded(model, params, mesh, seed=5, shards_per_device=2, **kw)
-    a3 = parallel.sample_sharded(model, params, mesh, seed=6, shards_per_device=2, **kw)
+    a2 = sample_atoms(model, params, mesh=mesh, seed=5, shards_per_device=2, **kw)
+    a3 = sample_atoms(model, params, mesh=mesh, seed=6, shards_per_device=2, **kw)
     _tick("sharded sampling 2 more calls")
     ref = sample_atoms(model, params, seed=5, **kw)
     _tick("single-device sampling")
@@ -161,7 +163,56 @@ def main() -> dict:
         "ref_info_equal": all(x.info == y.info for x, y in zip(a1, ref)),
         "spread": float(max(np.ptp(a.positions, axis=0).max() for a in a1)),
     }
+    _tick("sample compare")
+    res["fit"] = check_fit(cfg, structs, mesh)
+    _tick("fit")
     return res
+
+
+def check_fit(cfg, structs, mesh) -> dict:
+    """fit(mesh=...) stopped at step 2 and resumed to step 4, against four single-device
+    steps on the union batches of the same ShardedBatchStream."""
+    import tempfile
+
+    import jax
+
+    from agedi_jax import config as C
+    from agedi_jax.batching import BatchStream
+    from agedi_jax.data import Dataset
+    from agedi_jax.model import init_state, make_train_step
+    from agedi_jax.parallel import ShardedBatchStream
+    from agedi_jax.train import fit, prepare_data, run_keys
+
+    cfg = C.replace(cfg, train=dict(steps=4, log_every=1, val_every=100, checkpoint_every=2, ema_decay=0.9),
+                    data=dict(val_fraction=0.0))
+    ds = Dataset(structures=structs, name="toy")
+    with tempfile.TemporaryDirectory() as tmp:
+        fit(cfg, tmp, dataset=ds, mesh=mesh, progress=False, stop_at=2)
+        run = fit(cfg, tmp, dataset=ds, mesh=mesh, progress=False)
+        lines = len(open(f"{tmp}/metrics.jsonl").read().splitlines())
+        ckpt = os.path.isdir(f"{tmp}/checkpoints/latest")
+    data = prepare_data(cfg, ds)
+    from agedi_jax.model import build_model
+
+    model = build_model(data.config, data.vocab)
+    pstream = ShardedBatchStream(BatchStream(data.train, cfg.train.batch_size, seed=cfg.train.seed), mesh.size)
+    init_key, step_key, _ = run_keys(cfg.train.seed)
+    state = init_state(model, init_key, pstream.union_batch(0))
+    p0 = state.params
+    step = make_train_step(model, jit=False)
+    single = jax.jit(step)
+    for s in range(4):
+        state, _ = single(state, pstream.union_batch(s), jax.random.fold_in(step_key, s))
+    return {
+        "steps": int(run.state.step),
+        "replicated": all(x.sharding.is_fully_replicated for x in jax.tree.leaves(run.state.params)),
+        "param_change": _maxabs(state.params, p0),
+        "param_diff": _maxabs(state.params, run.state.params),
+        "ema_diff": _maxabs(state.ema_params, run.state.ema_params),
+        "param_scale": _scale(state.params),
+        "metrics_lines": lines,
+        "checkpoint": ckpt,
+    }
 
 
 def multihost(pid: int, port: int) -> dict:
@@ -179,7 +230,9 @@ def multihost(pid: int, port: int) -> dict:
     import jax
     from jax.sharding import PartitionSpec as P
 
-    from agedi_jax.graph import Bucket, TypeVocab, encode_structures
+    from agedi_jax.batch import Bucket
+    from agedi_jax.convert import encode_structures
+    from agedi_jax.vocab import TypeVocab
 
     mesh = parallel.make_mesh()
     structs = clusters(6, seed=1)

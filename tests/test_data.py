@@ -32,7 +32,8 @@ from agedi_jax.data import (
     validate_dataset,
     write_ase_db,
 )
-from agedi_jax.graph import StructureError, TypeVocab
+from agedi_jax.batch import StructureError
+from agedi_jax.vocab import TypeVocab
 from agedi_jax.symmetry import layer_group
 
 # --------------------------------------------------------------------------------------

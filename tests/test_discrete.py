@@ -364,16 +364,40 @@ def test_two_dependent_atoms_marginals_exact_joint_converges():
 
 @pytest.fixture(scope="module")
 def sampler():
-    """One jitted one-token-law sampler shared by the tests (n = 30000, K = 3)."""
+    """One jitted one-token-law sampler shared by the tests (n = 30000, K = 3): the
+    package's sampling loop (:func:`agedi_jax.samplers.sample`, a ``lax.scan`` then the
+    final MASK resolution) on one structure of n atoms whose type score is the exact
+    concrete score of ``P0``."""
+    from agedi_jax import samplers
+    from agedi_jax.batch import EncodedStructure, collate
+    from agedi_jax.scores import Scores
+
     p = AbsorbingProcess(K)
     log_p0 = jnp.log(jnp.asarray(P0, jnp.float32))
 
     def score_fn(z, t):
         return jnp.broadcast_to(d.independent_log_score(log_p0, p.total(t)), (z.shape[0], K))
 
+    def batch_score_fn(state, t, key):
+        return Scores(types=score_fn(state.types, jnp.asarray(t)[state.graph_index]))
+
+    def template(z1, fixed):
+        n = len(z1)
+        empty = np.zeros(0, np.int32)
+        enc = EncodedStructure(np.zeros((n, 3)), np.asarray(z1, np.int32), np.zeros((3, 3)), np.zeros(3, bool),
+                               np.asarray(fixed, bool), 0, empty, empty, np.zeros((0, 3)))
+        return collate([enc])
+
+    steps = {"analytic": samplers.analytic(p), "tau_leap": samplers.tau_leaping(p)}
+
     @functools.partial(jax.jit, static_argnames="method")
+    def _run(key, state, grid, method):
+        return samplers.sample(key, state, batch_score_fn, steps[method], grid, samplers.finalize())
+
     def run(key, z1, grid, fixed, method="analytic"):
-        return d.sample_types(key, score_fn, z1, grid, p, method=method, fixed=fixed)
+        state = template(z1, fixed)
+        out = _run(key, jax.tree.map(jnp.asarray, state), jnp.asarray(grid, jnp.float32), method)
+        return np.asarray(out.types)[np.asarray(state.node_mask)]
 
     return p, score_fn, run
 
@@ -400,7 +424,7 @@ def test_sample_types_reproduces_p0_and_keeps_fixed_atoms(sampler):
     fixed = np.zeros(n, bool)
     fixed[:1000] = True
     z1 = np.where(fixed, 2, MASK).astype(np.int32)
-    grid = jnp.linspace(1.0, 0.0, 5)
+    grid = jnp.linspace(1.0, 1e-3, 5)
     for method in ["analytic", "tau_leap"]:
         out = np.asarray(run(jax.random.key(11), z1, grid, fixed, method))
         assert np.all(out[:1000] == 2)
@@ -409,7 +433,7 @@ def test_sample_types_reproduces_p0_and_keeps_fixed_atoms(sampler):
         for k in range(K):
             assert _within(np.sum(free == k + 1), free.size, P0[k]), method
         np.testing.assert_array_equal(out, np.asarray(run(jax.random.key(11), z1, grid, fixed, method)))
-    # a grid ending at t_min > 0 still leaves no MASK (resolve_mask) and the law is p0
+    # a grid ending at a large t_min = 0.3 still leaves no MASK (resolve_mask) and the law is p0
     out = np.asarray(run(jax.random.key(12), z1, jnp.linspace(1.0, 0.3, 5), fixed))
     assert np.all(out != MASK)
     for k in range(K):

@@ -12,21 +12,11 @@ from ase.cluster import Icosahedron
 from ase.constraints import FixAtoms
 from ase.neighborlist import neighbor_list
 
-from agedi_jax.graph import (
-    MASK,
-    AtomsBatch,
-    Bucket,
-    StructureError,
-    TypeVocab,
-    atoms_from_batch,
-    batch_from_atoms,
-    com_axes,
-    edge_vectors,
-    graph_mean,
-    image_range,
-    remove_com,
-    round_up,
-)
+from agedi_jax.batch import AtomsBatch, Bucket, StructureError, round_up
+from agedi_jax.convert import atoms_from_batch, batch_from_atoms
+from agedi_jax.edges import edge_vectors, image_range
+from agedi_jax.geometry import com_axes, graph_mean, remove_com
+from agedi_jax.vocab import MASK, TypeVocab
 
 RNG = np.random.default_rng(20261124)
 

@@ -16,9 +16,13 @@ from scipy.integrate import quad
 
 from agedi_jax import discrete
 from agedi_jax import losses as L
+from agedi_jax import scores as SC
 from agedi_jax import sde as S
-from agedi_jax.graph import MASK, AtomsBatch, Bucket, TypeVocab, batch_from_atoms, remove_com
+from agedi_jax.batch import AtomsBatch, Bucket
+from agedi_jax.convert import batch_from_atoms
+from agedi_jax.geometry import remove_com
 from agedi_jax.scores import Scores
+from agedi_jax.vocab import MASK, TypeVocab
 
 VE = S.VESDE(S.VELinearSchedule(0.01, 8.0))
 VP = S.VPSDE(S.VPLinearSchedule(0.1, 20.0))
@@ -62,7 +66,7 @@ def exact_apply(sde, parametrization):
         std = sde.std(tt)
         v = m * m * S0**2 + std[:, None] ** 2
         score = -(batch.positions - m * jnp.asarray(MU, batch.positions.dtype)) / v
-        out = score if parametrization == "score" else L.score_to_eps(score, std)
+        out = score if parametrization == "score" else SC.score_to_eps(score, std)
         return Scores(positions=out)
 
     return apply
@@ -122,21 +126,21 @@ def test_weightings_are_lambda_over_std2(gauss):
 def test_score_eps_conversions_round_trip():
     eps = jnp.array([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]])
     std = jnp.array([2.0, 0.5])
-    s = L.eps_to_score(eps, std)
+    s = SC.eps_to_score(eps, std)
     np.testing.assert_allclose(s, [[-0.5, -1.0, -1.5], [-1.0, 2.0, 0.0]])  # s = −ε/std (Eq. 7)
-    np.testing.assert_allclose(L.score_to_eps(s, std), eps, rtol=1e-6)
-    np.testing.assert_allclose(L.output_to_score(eps, std, "eps"), s)
-    np.testing.assert_allclose(L.output_to_score(s, std, "score"), s)
-    np.testing.assert_allclose(L.output_to_eps(s, std, "score"), eps, rtol=1e-6)
-    np.testing.assert_array_equal(L.eps_to_score(eps, jnp.array([0.0, 1.0]))[0], 0.0)
+    np.testing.assert_allclose(SC.score_to_eps(s, std), eps, rtol=1e-6)
+    np.testing.assert_allclose(SC.output_to_score(eps, std, "eps"), s)
+    np.testing.assert_allclose(SC.output_to_score(s, std, "score"), s)
+    np.testing.assert_allclose(SC.output_to_eps(s, std, "score"), eps, rtol=1e-6)
+    np.testing.assert_array_equal(SC.eps_to_score(eps, jnp.array([0.0, 1.0]))[0], 0.0)
     # make_score_fn gives the same physical score for both parametrisations of one score
     b = anchor_batch(2, 3)
     t = jnp.full(b.num_graphs, 0.3)
-    a = L.make_score_fn(exact_apply(VE, "eps"), None, VE, "eps")(b, t, None)
-    c = L.make_score_fn(exact_apply(VE, "score"), None, VE, "score")(b, t, None)
+    a = SC.make_score_fn(exact_apply(VE, "eps"), None, VE, "eps")(b, t, None)
+    c = SC.make_score_fn(exact_apply(VE, "score"), None, VE, "score")(b, t, None)
     np.testing.assert_allclose(a.positions, c.positions, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="parametrization"):
-        L.output_to_score(eps, std, "x0")
+        SC.output_to_score(eps, std, "x0")
 
 
 # --------------------------------------------------------------------------------------

@@ -18,9 +18,13 @@ from agedi_jax.checkpoint import CheckpointError, load_config_and_vocab
 from agedi_jax.cli import main as cli_main
 from agedi_jax.config import Config, config_hash, override, preset, replace
 from agedi_jax.data import Dataset
-from agedi_jax.graph import MASK, StructureError, TypeVocab, batch_from_atoms
+from agedi_jax.batch import StructureError
+from agedi_jax.convert import batch_from_atoms
+from agedi_jax.vocab import MASK, TypeVocab
 from agedi_jax.model import build_model, init_state
-from agedi_jax.sampling import load_model, sample_atoms, write_extxyz
+from agedi_jax.checkpoint import load_model
+from agedi_jax.generate import sample_atoms
+from agedi_jax.results import write_extxyz
 from agedi_jax.train import fit
 
 
@@ -232,7 +236,7 @@ def test_config_overrides_and_presets():
         override(cfg, ["model.foo=1"])
     with pytest.raises(ValueError, match="expected an integer"):
         override(cfg, ["train.steps=ten"])
-    with pytest.raises(ValueError, match="process.schedule='cosine' with sde='ve'"):
+    with pytest.raises(ValueError, match="'ve' SDE: schedule 'cosine' unknown"):
         override(cfg, ["process.schedule=cosine"])
     assert override(cfg, ["sample.grid=log"]).sample.grid == "log"
     with pytest.raises(ValueError, match="sample.grid='cosine'"):

@@ -20,8 +20,12 @@ import pytest
 from ase import Atoms
 from scipy.spatial.transform import Rotation
 
-from agedi_jax.graph import AtomsBatch, Bucket, TypeVocab, batch_from_atoms, edge_vectors, remove_com
-from agedi_jax.nn import NETWORKS, NetworkConfig, PaiNN, average_num_neighbors, make_network
+from agedi_jax.batch import AtomsBatch, Bucket
+from agedi_jax.convert import batch_from_atoms
+from agedi_jax.edges import edge_vectors
+from agedi_jax.geometry import remove_com
+from agedi_jax.vocab import TypeVocab
+from agedi_jax.nn import NETWORKS, PaiNN, average_num_neighbors, make_network, network_fields
 from agedi_jax.nn.common import bessel_basis, polynomial_envelope, unit_vectors
 from agedi_jax.nn.context import GlobalContext, com_features, graph_size_features
 from agedi_jax.nn.norms import IrrepsNorm, VectorNorm
@@ -220,17 +224,11 @@ def test_make_network_and_config():
         make_network("schnet", num_types=3)
     with pytest.raises(ValueError, match="no field"):
         make_network("painn", num_types=3, l_max=2)
-    cfg = NetworkConfig.create("painn", num_types=3, features=32)
-    assert hash(cfg) == hash(NetworkConfig.from_dict(cfg.to_dict()))
-    m = cfg.build()
-    assert isinstance(m, PaiNN) and m.features == 32 and m.num_types == 3
-    # new fields survive a JSON round trip (tuples come back as lists)
-    import json
-
-    cfg = NetworkConfig.create("nequip", num_types=3, com_scales=(2.0, 5.0), normalize=False)
-    back = NetworkConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
-    assert back == cfg and hash(back) == hash(cfg)
-    m = back.build()
+    assert "l_max" in network_fields("nequip") and "l_max" not in network_fields("painn")
+    # every network in the registry has the shared interface the model passes by name
+    for name in NETWORKS:
+        assert {"num_types", "num_labels", "cutoff", "position_head", "type_head"} <= set(network_fields(name))
+    m = make_network("nequip", num_types=3, com_scales=[2.0, 5.0], normalize=False)  # lists from JSON
     assert m.com_scales == (2.0, 5.0) and not m.normalize and m.global_context and m.com_vector
 
 

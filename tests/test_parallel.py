@@ -1,4 +1,5 @@
-"""Tests of agedi_jax.parallel: data-parallel training and sharded sampling.
+"""Tests of data-parallel training (``fit(mesh=...)``, ``make_train_step(model, mesh)``)
+and sharded sampling (``sample_atoms(mesh=...)``), and of the layout in agedi_jax.parallel.
 
 The multi-device checks need ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before
 JAX starts, so they run in subprocesses (``tests/parallel_worker.py``) that print their
@@ -22,7 +23,9 @@ from ase import Atoms
 
 from agedi_jax import parallel
 from agedi_jax.batching import BatchStream
-from agedi_jax.graph import MASK, Bucket, StructureError, TypeVocab, atoms_from_batch, collate, encode_structures
+from agedi_jax.batch import Bucket, StructureError, collate
+from agedi_jax.convert import atoms_from_batch, encode_structures
+from agedi_jax.vocab import MASK, TypeVocab
 
 WORKER = Path(__file__).with_name("parallel_worker.py")
 REPO = WORKER.parents[1]
@@ -99,6 +102,17 @@ def test_parallel_step_equals_single_device_step(four_devices, case):
 # --------------------------------------------------------------------------------------
 # Sharded sampling (8 shards on 4 devices, some empty)
 # --------------------------------------------------------------------------------------
+
+
+def test_fit_on_four_devices_replays_union_batches_and_resumes(four_devices):
+    """``fit(mesh=...)`` trains data-parallel: stopped at step 2 and resumed to step 4 it
+    ends with the parameters of four single-device steps on the union batches."""
+    f = four_devices["fit"]
+    assert f["steps"] == 4 and f["replicated"]
+    assert f["param_change"] > 1e-4
+    assert f["param_diff"] <= 2e-6 * max(1.0, f["param_scale"]), f
+    assert f["ema_diff"] <= 2e-6 * max(1.0, f["param_scale"]), f
+    assert f["metrics_lines"] >= 2 and f["checkpoint"]
 
 
 def test_sharded_sampling_returns_complete_structures(four_devices):
@@ -250,13 +264,13 @@ def test_mesh_and_local_shards_on_this_process():
 
 def test_parallel_step_refuses_unstacked_batch():
     from agedi_jax import config as C
-    from agedi_jax.model import build_model
+    from agedi_jax.model import build_model, make_train_step
 
     cfg = C.replace(C.preset("quickstart"), model=dict(network="painn", features=8, num_layers=1, avg_num_neighbors=3.0))
     model = build_model(cfg, VOCAB)
     mesh = parallel.make_mesh()
     flat = collate(_structures([2, 3]))
-    step = parallel.make_parallel_train_step(model, mesh)
+    step = make_train_step(model, mesh)
     with pytest.raises(ValueError, match="stacked batch"):
         step(None, flat, jax.random.PRNGKey(0))
 

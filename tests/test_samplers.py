@@ -16,7 +16,10 @@ from ase.constraints import FixAtoms
 from agedi_jax import discrete
 from agedi_jax import samplers as SM
 from agedi_jax import sde as S
-from agedi_jax.graph import MASK, AtomsBatch, Bucket, TypeVocab, batch_from_atoms, graph_mean
+from agedi_jax.batch import AtomsBatch, Bucket
+from agedi_jax.convert import batch_from_atoms
+from agedi_jax.geometry import graph_mean
+from agedi_jax.vocab import MASK, TypeVocab
 from agedi_jax.scores import Scores
 
 VE = S.VESDE(S.VELinearSchedule(0.01, 8.0))
@@ -88,7 +91,7 @@ def em_recursion(sde, grid, s0=S0, start_var=None, start_mean=None):
         g2 = float(sde.g2(t))
         m = float(sde.mean_coeff(t))
         v = m * m * s0 * s0 + float(sde.std(t)) ** 2
-        beta = g2 if sde.is_vp else 0.0
+        beta = 0.0 if sde.periodic else g2  # VP: drift −½ β x with β = g²
         c = 1 + 0.5 * beta * h - g2 * h / v
         a = c * a + g2 * h * m / v
         var = c * c * var + g2 * h
@@ -466,7 +469,7 @@ def test_no_nan_down_to_tiny_eps_including_gradients():
 
 
 def test_bad_inputs(mixed):
-    with pytest.raises(ValueError, match="VP SDE cannot act on periodic"):
+    with pytest.raises(ValueError, match="cannot act on periodic axes"):
         SM.sample(jax.random.key(0), mixed, toy_score_fn, SM.euler_maruyama(VP), SM.time_grid(4))
     with pytest.raises(ValueError, match="no position score"):
         SM.sample(jax.random.key(0), mixed, lambda s, t, k: Scores(types=toy_score_fn(s, t, k).types), SM.euler_maruyama(VE), SM.time_grid(4))

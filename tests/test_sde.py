@@ -14,7 +14,11 @@ from ase import Atoms
 from scipy.integrate import quad
 
 from agedi_jax import sde as S
-from agedi_jax.graph import AtomsBatch, Bucket, TypeVocab, batch_from_atoms, com_axes, graph_mean
+from agedi_jax.batch import AtomsBatch, Bucket
+from agedi_jax.convert import batch_from_atoms
+from agedi_jax.geometry import com_axes, graph_mean, wrap_positions
+from agedi_jax.scores import eps_to_score
+from agedi_jax.vocab import TypeVocab
 
 VOCAB = TypeVocab(("H", "C"))
 SCHEDULES_VE = [S.VELinearSchedule(0.01, 8.0), S.VEGeometricSchedule(0.01, 8.0)]
@@ -144,8 +148,11 @@ def test_make_sde_and_bad_parameters():
         S.make_sde("sub-vp")
     with pytest.raises(ValueError, match="sigma_min < sigma_max"):
         S.VESDE(S.VELinearSchedule(5.0, 1.0)).std(0.5)
-    with pytest.raises(TypeError, match="VP schedule"):
+    with pytest.raises(TypeError, match="VPSDE needs one of its schedules"):
         S.VPSDE(S.VELinearSchedule()).std(0.5)
+    with pytest.raises(ValueError, match="no parameter"):
+        S.make_sde("vp", "cosine", sigma_max=3.0)
+    assert S.make_sde("vp", "cosine", s=0.02, alpha_max=12.0) == S.VPSDE(S.VPCosineSchedule(0.02, 12.0))
 
 
 @pytest.mark.parametrize("sde", ALL_SDES, ids=lambda s: type(s.schedule).__name__)
@@ -195,7 +202,7 @@ def test_noise_moments_monte_carlo(sde, noise_fn):
     # the anchors (fixed) and padding are untouched, their ε is 0
     np.testing.assert_array_equal(np.asarray(bt.positions)[~free], x0[~free])
     np.testing.assert_array_equal(np.asarray(eps)[~free], 0.0)
-    np.testing.assert_allclose(S.target_score(eps, std)[free], -np.asarray(eps)[free] / sd, rtol=1e-6)
+    np.testing.assert_allclose(eps_to_score(eps, std)[free], -np.asarray(eps)[free] / sd, rtol=1e-6)
 
 
 def test_noise_conventions_on_mixed_batch(mixed, noise_fn):
@@ -242,9 +249,9 @@ def test_noise_padding_invariance(mixed, mixed_big, noise_fn):
 
 
 def test_vp_on_periodic_raises(mixed, noise_fn):
-    with pytest.raises(ValueError, match="VP SDE cannot act on periodic"):
+    with pytest.raises(ValueError, match="cannot act on periodic axes"):
         S.noise_positions(jax.random.key(0), ALL_SDES[2], mixed, 0.5)
-    with pytest.raises(ValueError, match="VP SDE cannot act on periodic"):
+    with pytest.raises(ValueError, match="cannot act on periodic axes"):
         S.prior_sample(jax.random.key(0), ALL_SDES[2], mixed)
     # inside a trace the check cannot see pbc: the periodic graph is poisoned with NaN
     bt, _, _ = noise_fn(jax.random.key(0), ALL_SDES[2], mixed, np.full(mixed.num_graphs, 0.5, np.float32))
@@ -258,7 +265,7 @@ def test_noise_finite_at_small_t(sde, noise_fn):
     b = anchor_batch(64, 63)
     b = b._replace(positions=np.random.default_rng(5).normal(size=(b.num_nodes, 3)).astype(np.float32))
     bt, eps, std = noise_fn(jax.random.key(0), sde, b, np.full(b.num_graphs, 1e-5, np.float32))
-    for v in (bt.positions, eps, std, S.target_score(eps, std)):
+    for v in (bt.positions, eps, std, eps_to_score(eps, std)):
         assert np.all(np.isfinite(np.asarray(v)))
 
 
@@ -371,7 +378,7 @@ def test_wrap_positions_matches_ase(mixed):
     rng = np.random.default_rng(9)
     x = rng.normal(size=(mixed.num_nodes, 3)) * 6
     with jax.enable_x64(True):
-        w = np.asarray(S.wrap_positions(mixed, x))
+        w = np.asarray(wrap_positions(mixed, x))
     gi, nm = np.asarray(mixed.graph_index), np.asarray(mixed.node_mask)
     for g in range(mixed.num_graphs):
         sel = (gi == g) & nm
@@ -382,5 +389,5 @@ def test_wrap_positions_matches_ase(mixed):
             a.wrap()
         np.testing.assert_allclose(w[sel], a.positions, atol=1e-9)
     with jax.enable_x64(True):
-        w2 = np.asarray(S.wrap_positions(mixed, w))
+        w2 = np.asarray(wrap_positions(mixed, w))
     np.testing.assert_array_equal(w2, w)  # atoms already inside are bit-identical

@@ -21,15 +21,9 @@ from agedi_jax.data.c2db import (
     load_c2db_db,
     write_ase_db,
 )
-from agedi_jax.data.dataset import (
-    DataError,
-    Dataset,
-    load_ase_file,
-    load_dataset,
-    summary_main,
-    validate_dataset,
-)
+from agedi_jax.data.dataset import DataError, Dataset, load_ase_file, validate_dataset
 from agedi_jax.data.qcd import load_qcd, read_qcd_file, subset_mask
+from agedi_jax.data.specs import load_dataset, resolve_data_spec, summary_main
 
 __all__ = [
     "DataError",
@@ -44,6 +38,7 @@ __all__ = [
     "load_dataset",
     "load_qcd",
     "read_qcd_file",
+    "resolve_data_spec",
     "subset_mask",
     "summary_main",
     "validate_dataset",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from agedi_jax.data.dataset import summary_main
+from agedi_jax.data.specs import summary_main
 
 USAGE = "usage: python -m agedi_jax.data summary SPEC [SPEC ...] [--validate]"
 

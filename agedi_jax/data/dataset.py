@@ -1,11 +1,11 @@
-"""The :class:`Dataset` container, deterministic splits, one-line summaries, validation,
-the generic ASE-file loader and :func:`load_dataset`, which turns a spec string into a
-dataset.
+"""The :class:`Dataset` container, deterministic splits, one-line summaries, validation
+and the generic ASE-file loader (spec strings are turned into datasets by
+:mod:`agedi_jax.data.specs`).
 
 A dataset is a list of host-side ``ase.Atoms`` plus optional per-structure integer labels
 (the condition of classifier-free guidance, Eq. 19 of the paper: ``0`` means "no label",
-as in :class:`agedi_jax.graph.AtomsBatch`). Batches are built from it with
-:func:`agedi_jax.graph.batch_from_atoms`; nothing here runs inside jit.
+as in :class:`agedi_jax.batch.AtomsBatch`). Batches are built from it with
+:func:`agedi_jax.convert.batch_from_atoms`; nothing here runs inside jit.
 """
 
 from __future__ import annotations
@@ -178,8 +178,8 @@ class Dataset:
         )
 
     def vocab(self):
-        """The :class:`agedi_jax.graph.TypeVocab` of this dataset's elements."""
-        from agedi_jax.graph import TypeVocab
+        """The :class:`agedi_jax.vocab.TypeVocab` of this dataset's elements."""
+        from agedi_jax.vocab import TypeVocab
 
         if not len(self):
             raise DataError(f"dataset {self.name!r} is empty: no type vocabulary")
@@ -227,11 +227,12 @@ class Dataset:
 
 
 def validate_dataset(dataset: Dataset, vocab=None, max_atoms: int | None = None) -> None:
-    """Check that every structure can be batched (:func:`agedi_jax.graph.validate_atoms`),
+    """Check that every structure can be batched (:func:`agedi_jax.convert.validate_atoms`),
     that its elements are in ``vocab`` (if given) and that it has at most ``max_atoms``
-    atoms. Raises :class:`agedi_jax.graph.StructureError` naming the dataset and the
+    atoms. Raises :class:`agedi_jax.batch.StructureError` naming the dataset and the
     structure (index and formula)."""
-    from agedi_jax.graph import StructureError, _describe, validate_atoms
+    from agedi_jax.batch import StructureError
+    from agedi_jax.convert import _describe, validate_atoms
 
     if len(dataset) == 0:
         raise DataError(f"dataset {dataset.name!r} is empty (no structures)")
@@ -308,89 +309,3 @@ def load_ase_file(
         labels=labels,
         source={"loader": "ase", "path": str(p)},
     )
-
-
-# --------------------------------------------------------------------------------------
-# Spec strings
-# --------------------------------------------------------------------------------------
-
-
-def load_dataset(spec: str | Path, **kwargs) -> Dataset:
-    """Load a dataset from a spec string; ``kwargs`` go to the loader.
-
-    Specs:
-      * ``"builtin"`` / ``"builtin:emt_clusters"``: the dataset shipped with the package;
-      * ``"qcd:PATH"`` or ``"qcd:PATH:SUBSET"`` (``gm``, ``de200``, ...), or a directory of
-        ``<El>_gap_QCD_relaxed.xyz`` files: :func:`agedi_jax.data.qcd.load_qcd`;
-      * ``"c2db:PATH"`` or a ``.csv`` file: C2DB CSV with layer-group labels;
-      * a ``.db`` file: ASE database; rows that are all periodic in x, y only are read as
-        C2DB (layer-group labels), anything else by :func:`~agedi_jax.data.c2db.load_ase_db`;
-      * ``"xyz:PATH"`` or any other file ASE can read (extended XYZ, ...).
-
-    Raises ``FileNotFoundError("data path X does not exist")`` for a missing path and
-    :class:`DataError` naming the file for unreadable, corrupt or empty input.
-    """
-    from agedi_jax.data import builtin, c2db, qcd
-
-    spec = str(spec)
-    if spec == "builtin" or spec.startswith("builtin:"):
-        name = spec.partition(":")[2] or builtin.DEFAULT
-        return builtin.load_builtin(name, **kwargs)
-    if spec.startswith("qcd:"):
-        path, subset = spec[4:], kwargs.pop("subset", None)
-        head, _, tail = path.rpartition(":")
-        if head and qcd.is_subset_name(tail):
-            path, subset = head, tail
-        return qcd.load_qcd(path, subset=subset, **kwargs)
-    if spec.startswith("c2db:"):
-        p = check_path(spec[5:])
-        if p.suffix == ".db":
-            return c2db.load_c2db_db(p, **kwargs)
-        return c2db.load_c2db_csv(p, **kwargs)
-    if spec.startswith("xyz:"):
-        return load_ase_file(spec[4:], **kwargs)
-
-    p = check_path(spec)
-    if p.is_dir():
-        if qcd.qcd_files(p):
-            return qcd.load_qcd(p, **kwargs)
-        raise DataError(
-            f"directory {spec!r} holds no <El>_gap_QCD_relaxed.xyz files; give a structure "
-            "file, a C2DB .csv / .db, or a QCD directory"
-        )
-    if p.suffix.lower() == ".csv":
-        return c2db.load_c2db_csv(p, **kwargs)
-    if p.suffix.lower() == ".db":
-        if c2db.db_is_2d(p):
-            return c2db.load_c2db_db(p, **kwargs)
-        return c2db.load_ase_db(p, **kwargs)
-    return load_ase_file(p, **kwargs)
-
-
-def summary_main(argv: Sequence[str] | None = None) -> int:
-    """Command line: print the one-line summary of every dataset spec in ``argv``.
-
-    ``argv`` holds the specs (see :func:`load_dataset`) and options; returns the exit
-    status (0, or 1 when a spec could not be loaded; the error goes to stderr)."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(
-        prog="agedi-jax data summary",
-        description="Print a one-line summary of each dataset (see agedi_jax.data.load_dataset for SPEC).",
-    )
-    parser.add_argument("specs", nargs="+", metavar="SPEC", help="builtin, qcd:DIR[:gm|de200], FILE.csv, FILE.db, FILE.xyz, ...")
-    parser.add_argument("--validate", action="store_true", help="also check that every structure can be batched")
-    args = parser.parse_args(None if argv is None else list(argv))
-    status = 0
-    for spec in args.specs:
-        try:
-            ds = load_dataset(spec)
-            if args.validate:
-                validate_dataset(ds)
-        except (OSError, ValueError, KeyError) as err:
-            print(f"error: {spec}: {err}", file=sys.stderr)
-            status = 1
-            continue
-        print(ds.summary(), flush=True)
-    return status

@@ -29,11 +29,19 @@ from agedi_jax.nn.nequip import NequIP
 from agedi_jax.nn.norms import IrrepsNorm, VectorNorm
 from agedi_jax.nn.painn import PaiNN
 
-NETWORKS: dict[str, type[nn.Module]] = {"nequip": NequIP, "painn": PaiNN}
-"""Registered score networks by name."""
+NETWORKS: dict[str, type[nn.Module]] = {
+    "nequip": NequIP,
+    "painn": PaiNN,
+}
+"""Registered score networks by name. Adding a network is its module class (with the
+interface above: fields ``num_types``, ``num_labels``, ``cutoff``, ``position_head``,
+``type_head``, ...) plus one line here; :func:`agedi_jax.model.build_model` passes it every
+model-config field it has by name, and the config's validation reads this table."""
 
 
-def _fields(cls: type[nn.Module]) -> list[str]:
+def network_fields(name: str) -> list[str]:
+    """The fields (constructor arguments) of a registered network class."""
+    cls = NETWORKS[name.lower()]
     return [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
 
 
@@ -51,7 +59,7 @@ def make_network(name: str = "nequip", **kwargs: Any) -> nn.Module:
     if key not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}")
     cls = NETWORKS[key]
-    valid = _fields(cls)
+    valid = network_fields(key)
     bad = sorted(set(kwargs) - set(valid))
     if bad:
         raise ValueError(f"{cls.__name__} has no field(s) {bad}; valid fields: {valid}")
@@ -62,44 +70,11 @@ def make_network(name: str = "nequip", **kwargs: Any) -> nn.Module:
     return cls(**kwargs)
 
 
-@dataclasses.dataclass(frozen=True)
-class NetworkConfig:
-    """A frozen, hashable description of a score network (e.g. to save with a model).
-
-    ``options`` holds the module's fields as ``(name, value)`` pairs; :meth:`build` makes
-    the module. ``NetworkConfig.create("painn", num_types=3, features=32)`` is the easy way
-    to write one.
-    """
-
-    name: str = "nequip"
-    options: tuple[tuple[str, Any], ...] = ()
-
-    @classmethod
-    def create(cls, name: str = "nequip", **kwargs: Any) -> "NetworkConfig":
-        if isinstance(kwargs.get("com_scales"), list):
-            kwargs["com_scales"] = tuple(kwargs["com_scales"])
-        make_network(name, **kwargs)  # validate now, not at build time
-        return cls(name.lower(), tuple(sorted(kwargs.items())))
-
-    def build(self) -> nn.Module:
-        """The Flax module this config describes."""
-        return make_network(self.name, **dict(self.options))
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, **dict(self.options)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "NetworkConfig":
-        d = dict(d)
-        return cls.create(d.pop("name", "nequip"), **d)
-
-
 __all__ = [
     "NETWORKS",
     "GlobalContext",
     "IrrepsNorm",
     "NequIP",
-    "NetworkConfig",
     "PaiNN",
     "VectorNorm",
     "average_num_neighbors",
@@ -108,5 +83,6 @@ __all__ = [
     "fourier_features",
     "graph_size_features",
     "make_network",
+    "network_fields",
     "polynomial_envelope",
 ]

@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agedi_jax import graph
-from agedi_jax.graph import AtomsBatch, Edges
+from agedi_jax.batch import AtomsBatch
+from agedi_jax.edges import Edges, edge_vectors
+from agedi_jax.geometry import remove_com
 
 Array = Any
 
@@ -137,7 +138,7 @@ def validate_inputs(
     device: shape and dtype problems raise ``ValueError`` (also under ``jit``), out-of-range
     type or label values raise ``ValueError`` when the values are concrete (outside ``jit``)."""
     if not isinstance(batch, AtomsBatch):
-        raise TypeError(f"expected an agedi_jax.graph.AtomsBatch, got {type(batch).__name__}")
+        raise TypeError(f"expected an agedi_jax.batch.AtomsBatch, got {type(batch).__name__}")
     n, g, e = batch.num_nodes, batch.num_graphs, batch.num_edges
     if np.shape(batch.positions) != (n, 3):
         raise ValueError(f"batch.positions must have shape [n, 3], got {np.shape(batch.positions)}")
@@ -233,7 +234,7 @@ def prepare_inputs(
     type_weights = jnp.where(batch.node_mask[:, None], type_weights, 0.0)
 
     if edges is None:
-        edges = graph.edge_vectors(batch, cutoff)
+        edges = edge_vectors(batch, cutoff)
     chex.assert_shape(edges.vectors, (batch.num_edges, 3))
     return batch, t, label, edges, type_weights
 
@@ -242,10 +243,10 @@ def finalize_scores(
     batch: AtomsBatch, positions: Array | None, types: Array | None
 ) -> tuple[Array | None, Array | None]:
     """Project the position output onto the zero-centre-of-mass subspace
-    (:func:`agedi_jax.graph.remove_com`) and set every output of padding atoms to exactly 0."""
+    (:func:`agedi_jax.geometry.remove_com`) and set every output of padding atoms to exactly 0."""
     if positions is not None:
         chex.assert_shape(positions, (batch.num_nodes, 3))
-        positions = graph.remove_com(batch, positions)
+        positions = remove_com(batch, positions)
     if types is not None:
         types = jnp.where(batch.node_mask[:, None], types, 0.0)
     return positions, types
@@ -285,7 +286,7 @@ def average_num_neighbors(data: Iterable[Any] | AtomsBatch, cutoff: float) -> fl
     The message sums of the networks are divided by ``sqrt`` of this number.
 
     Args:
-      data: ``ase.Atoms`` objects, or :class:`~agedi_jax.graph.AtomsBatch` es (built with a
+      data: ``ase.Atoms`` objects, or :class:`~agedi_jax.batch.AtomsBatch` es (built with a
         template cutoff ≥ ``cutoff``), or a single batch.
       cutoff: Å.
 
@@ -300,7 +301,7 @@ def average_num_neighbors(data: Iterable[Any] | AtomsBatch, cutoff: float) -> fl
     n_atoms = 0
     for item in items:
         if isinstance(item, AtomsBatch):
-            e = graph.edge_vectors(AtomsBatch(*(jnp.asarray(x) for x in item)), cutoff)
+            e = edge_vectors(AtomsBatch(*(jnp.asarray(x) for x in item)), cutoff)
             n_edges += int(np.sum(np.asarray(e.mask)))
             n_atoms += int(np.sum(np.asarray(item.node_mask)))
         else:

@@ -10,7 +10,7 @@ Three invariant (or equivariant) inputs restore that information:
 * :class:`GlobalContext` — a "virtual node": the mean of the scalar channels over the real
   atoms of each graph, passed through an MLP and added back to every atom of the graph;
 * :func:`com_features` — per atom, the position relative to the graph's centre of mass
-  along its zero-centre-of-mass axes (:func:`agedi_jax.graph.com_axes`), squashed to O(1)
+  along its zero-centre-of-mass axes (:func:`agedi_jax.geometry.com_axes`), squashed to O(1)
   at a few length scales: ``1o`` vectors and ``0e`` scalars.
 
 All three use masked reductions over the real atoms only, so padding atoms and padding
@@ -25,8 +25,8 @@ import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
-from agedi_jax import graph
-from agedi_jax.graph import AtomsBatch
+from agedi_jax.geometry import com_axes, graph_mean, graph_sum, remove_com
+from agedi_jax.batch import AtomsBatch
 from agedi_jax.nn.common import MLP
 
 Array = Any
@@ -39,14 +39,14 @@ def graph_size_features(batch: AtomsBatch, dtype: Any = jnp.float32) -> Array:
     padding slot), so it is exact for any padding.
     """
     ones = jnp.ones(batch.num_nodes, dtype)
-    n = graph.graph_sum(batch, ones)  # [g]
+    n = graph_sum(batch, ones)  # [g]
     return jnp.log(jnp.maximum(n, 1.0))[:, None]
 
 
 def broadcast_graph_mean(batch: AtomsBatch, x: Array) -> Array:
     """Mean of per-atom ``x`` [n, F] over the real atoms of each graph, broadcast back to
     the atoms [n, F] (padding atoms get their padding graph's mean, which is never read)."""
-    return graph.graph_mean(batch, x)[jnp.asarray(batch.graph_index)]
+    return graph_mean(batch, x)[jnp.asarray(batch.graph_index)]
 
 
 class GlobalContext(nn.Module):
@@ -65,7 +65,7 @@ class GlobalContext(nn.Module):
     @nn.compact
     def __call__(self, batch: AtomsBatch, s: Array) -> Array:
         chex.assert_rank(s, 2)
-        pooled = graph.graph_mean(batch, s)  # [g, F]
+        pooled = graph_mean(batch, s)  # [g, F]
         out = MLP((self.features, self.features), activation=nn.silu, name="mlp")(pooled)
         return out[jnp.asarray(batch.graph_index)]
 
@@ -76,7 +76,7 @@ def com_features(
     """Position relative to the centre of mass, squashed at ``scales`` (Å).
 
     With ``d_i = r_i − mean_{j ∈ graph} r_j`` taken along the graph's zero-centre-of-mass
-    axes only (:func:`agedi_jax.graph.com_axes`: every axis of a cluster, z of a 2D
+    axes only (:func:`agedi_jax.geometry.com_axes`: every axis of a cluster, z of a 2D
     material; zero on periodic axes, for bulk crystals and for graphs with fixed atoms),
     returns for every scale ``L``
 
@@ -99,8 +99,8 @@ def com_features(
         raise ValueError(f"com scales must be positive lengths in Å, got {scales}")
     chex.assert_shape(positions, (batch.num_nodes, 3))
     gi = jnp.asarray(batch.graph_index)
-    axes = graph.com_axes(batch)[gi]  # [n, 3]
-    d = jnp.where(axes, graph.remove_com(batch, positions), 0.0)
+    axes = com_axes(batch)[gi]  # [n, 3]
+    d = jnp.where(axes, remove_com(batch, positions), 0.0)
     d2 = jnp.sum(d * d, axis=-1, keepdims=True)  # [n, 1]
     l2 = jnp.asarray(scales, positions.dtype) ** 2  # [k]
     denom = d2 + l2  # [n, k]

@@ -40,7 +40,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from agedi_jax.graph import AtomsBatch, Edges
+from agedi_jax.batch import AtomsBatch
+from agedi_jax.edges import Edges
 from agedi_jax.nn.common import (
     MLP,
     bessel_basis,
@@ -220,7 +221,7 @@ class NequIP(nn.Module):
           t: [g] (or scalar) diffusion time in [0, 1].
           label: [g] int condition, 0 = null; None -> ``batch.label`` (ignored when
             ``num_labels == 0``).
-          edges: precomputed :func:`agedi_jax.graph.edge_vectors` (same cutoff); None ->
+          edges: precomputed :func:`agedi_jax.edges.edge_vectors` (same cutoff); None ->
             computed here.
           type_weights: [n, K+1] per-atom weights over the type table (Eq. 20); None ->
             one-hot of ``batch.types``.

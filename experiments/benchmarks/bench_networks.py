@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from ase.cluster import Icosahedron
 
-from agedi_jax.graph import TypeVocab, batch_from_atoms
+from agedi_jax.convert import batch_from_atoms
+from agedi_jax.vocab import TypeVocab
 from agedi_jax.nn import average_num_neighbors, make_network
 
 CUTOFF = 6.0

@@ -46,10 +46,11 @@ from ase.cluster import Icosahedron  # noqa: E402
 from agedi_jax import config as C  # noqa: E402
 from agedi_jax import parallel  # noqa: E402
 from agedi_jax.batching import BatchStream  # noqa: E402
-from agedi_jax.graph import TypeVocab, encode_structures  # noqa: E402
+from agedi_jax.convert import encode_structures
+from agedi_jax.vocab import TypeVocab  # noqa: E402
 from agedi_jax.model import build_model, init_state, make_train_step  # noqa: E402
 from agedi_jax.nn import average_num_neighbors  # noqa: E402
-from agedi_jax.sampling import sample_atoms  # noqa: E402
+from agedi_jax.generate import sample_atoms  # noqa: E402
 
 
 def clusters(num: int, seed: int = 0) -> list:

@@ -29,7 +29,9 @@ import numpy as np
 from agedi_jax import discrete
 from agedi_jax import samplers as SM
 from agedi_jax import sde as S
-from agedi_jax.graph import MASK, AtomsBatch, graph_mean
+from agedi_jax.batch import AtomsBatch
+from agedi_jax.geometry import graph_mean
+from agedi_jax.vocab import MASK
 from agedi_jax.scores import Scores
 
 S0 = 1.0  # toy data: zero-CoM Gaussian clusters of per-atom std 1 Å

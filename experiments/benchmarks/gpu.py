@@ -42,8 +42,10 @@ def headline(num: int, steps: int, n_atoms: int, res: dict, save: Path | None) -
     import jax.numpy as jnp
 
     from agedi_jax.config import replace
-    from agedi_jax.graph import Bucket, batch_from_atoms
-    from agedi_jax.sampling import load_model, make_sampler, make_templates, sample_atoms
+    from agedi_jax.batch import Bucket
+    from agedi_jax.convert import batch_from_atoms
+    from agedi_jax.checkpoint import load_model
+    from agedi_jax.generate import make_sampler, make_templates, sample_atoms
 
     model, params, cfg = load_model(GM_RUN)
     cfg = replace(cfg, sample=dict(sampler="em", steps=steps, batch_size=num))

@@ -73,8 +73,9 @@ def sample_setting(model, params, sizes, kind: str, steps: int, seed: int, batch
     import jax.numpy as jnp
 
     from agedi_jax.config import replace
-    from agedi_jax.graph import Bucket, atoms_from_batch, collate, encode_structures
-    from agedi_jax.sampling import make_sampler, make_templates
+    from agedi_jax.batch import Bucket, collate
+    from agedi_jax.convert import atoms_from_batch, encode_structures
+    from agedi_jax.generate import make_sampler, make_templates
 
     cfg = replace(model.config, sample=dict(sampler=kind, steps=steps))
     order = np.random.default_rng(seed).permutation(len(sizes))
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE.parents[1] / "experiments" / "clusters"))
     import settings as cluster_settings
 
-    from agedi_jax.sampling import load_model
+    from agedi_jax.checkpoint import load_model
 
     model, params, config = load_model(args.run)
     reference = cluster_settings.reference_set(config, args.max_reference or None)

@@ -166,7 +166,8 @@ def exact_batch(atoms: list, vocab, cutoff: float = CUTOFF):
     import jax
     import jax.numpy as jnp
 
-    from agedi_jax.graph import Bucket, batch_from_atoms
+    from agedi_jax.batch import Bucket
+    from agedi_jax.convert import batch_from_atoms
 
     n = sum(len(a) for a in atoms)
     e = sum(len(a) * (len(a) - 1) for a in atoms)
@@ -180,7 +181,7 @@ def near_data_state(model, batch, t: float, seed: int = 1):
     import jax
     import jax.numpy as jnp
 
-    from agedi_jax.graph import remove_com
+    from agedi_jax.geometry import remove_com
 
     std = float(model.sde.std(jnp.float32(t)))
     noise = remove_com(batch, jax.random.normal(jax.random.PRNGKey(seed), batch.positions.shape))
@@ -202,7 +203,7 @@ def step_timings(model, cfg, state, batch, late, repeats: int, out: dict, train:
     import jax.numpy as jnp
 
     from agedi_jax.model import make_train_step
-    from agedi_jax.sampling import make_step
+    from agedi_jax.generate import make_step
 
     key = jax.random.PRNGKey(1)
     params = state.ema_params
@@ -241,9 +242,10 @@ def jax_workloads(network: str, repeats: int, scan_steps: int, samplers: bool = 
     import jax.numpy as jnp
 
     from agedi_jax.config import replace
-    from agedi_jax.graph import TypeVocab, edge_vectors
+    from agedi_jax.edges import edge_vectors
+    from agedi_jax.vocab import TypeVocab
     from agedi_jax.model import build_model, init_state
-    from agedi_jax.sampling import make_sampler
+    from agedi_jax.generate import make_sampler
 
     vocab = TypeVocab(("Ni", "Cu", "Pd", "Ag", "Pt", "Au"))
     atoms = atoms_list if atoms_list is not None else pt13_atoms(clusters)
@@ -320,7 +322,8 @@ def bf16_forward(repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from agedi_jax.graph import TypeVocab, edge_vectors
+    from agedi_jax.edges import edge_vectors
+    from agedi_jax.vocab import TypeVocab
     from agedi_jax.model import build_model, init_state
 
     vocab = TypeVocab(("Ni", "Cu", "Pd", "Ag", "Pt", "Au"))

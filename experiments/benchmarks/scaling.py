@@ -55,7 +55,7 @@ def measure(network: str, atoms: list, repeats: int, train: bool = True) -> dict
     """Median training-step and sampling-step time (ms) on the exact batch of ``atoms``."""
     import jax
 
-    from agedi_jax.graph import TypeVocab
+    from agedi_jax.vocab import TypeVocab
     from agedi_jax.model import build_model, init_state
 
     vocab = TypeVocab(("Ni", "Cu", "Pd", "Ag", "Pt", "Au"))

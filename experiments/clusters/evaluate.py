@@ -45,7 +45,7 @@ def load_pair(budget: str, subset: str, results: Path):
     from ase.io import read
 
     from agedi_jax.checkpoint import load_config_and_vocab
-    from agedi_jax.sampling import checkpoint_dir
+    from agedi_jax.checkpoint import checkpoint_dir
 
     meta = json.loads((results / f"samples_{subset}.json").read_text())
     samples = read(results / f"samples_{subset}.extxyz", ":")
@@ -60,7 +60,7 @@ def load_pair(budget: str, subset: str, results: Path):
 
 def training_summary(run: Path) -> dict:
     """Steps, wall time (from the logged rates) and the last losses of a run."""
-    from agedi_jax.metrics import read_metrics
+    from agedi_jax.runlog import read_metrics
 
     recs = read_metrics(run / "metrics.jsonl")
     train = [r for r in recs if r["split"] == "train"]
@@ -126,7 +126,7 @@ def figures(results: Path, protocols) -> None:
             for a in samples:
                 a.pbc = False
             from agedi_jax.checkpoint import load_config_and_vocab
-            from agedi_jax.sampling import checkpoint_dir
+            from agedi_jax.checkpoint import checkpoint_dir
 
             config, _, _ = load_config_and_vocab(checkpoint_dir(meta["run"]))
             d_ref = np.asarray(validity(settings.reference_set(config, meta["max_reference"]))["min_distance"])

@@ -89,7 +89,7 @@ def run_system(model, params, a: str, b: str, n: int, *, num: int, steps: int, s
     from ase.io import write
 
     from agedi_jax.evaluation import formation_energy, random_structure_search, validity
-    from agedi_jax.sampling import sample_atoms
+    from agedi_jax.generate import sample_atoms
 
     tag = f"{a}{b}"
     timings = {}
@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="8 samples, 20 steps")
     args = ap.parse_args(argv)
 
-    from agedi_jax.sampling import load_model
+    from agedi_jax.checkpoint import load_model
 
     results = args.results or settings.results_dir(args.budget)
     results.mkdir(parents=True, exist_ok=True)

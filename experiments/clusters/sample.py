@@ -46,7 +46,7 @@ def size_bands(sizes, batch_size: int, max_ratio: float = 1.6) -> list[list[int]
 
 def sample_like(model, params, sizes, *, steps: int, seed: int, batch_size: int, log=print) -> tuple[list, dict]:
     """Samples with exactly the given atom counts (one per entry), in size bands."""
-    from agedi_jax.sampling import sample_atoms
+    from agedi_jax.generate import sample_atoms
 
     out: list = []
     timing = []
@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="16 samples, 20 steps")
     args = ap.parse_args(argv)
 
-    from agedi_jax.sampling import load_model, write_extxyz
+    from agedi_jax.checkpoint import load_model
+    from agedi_jax.results import write_extxyz
 
     run = args.run or settings.run_dir(args.budget, args.subset)
     out_dir = args.out or settings.results_dir(args.budget)

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from agedi_jax.evaluation import composition_stats, validity
-    from agedi_jax.sampling import load_model
+    from agedi_jax.checkpoint import load_model
 
     results = args.results or settings.results_dir(args.budget)
     results.mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     model, params, config = load_model(args.run or settings.run_dir(args.budget, "gm"))
     reference = settings.reference_set(config, None)
     sizes = sorted({len(a) for a in reference})
-    from agedi_jax.sampling import sample_atoms
+    from agedi_jax.generate import sample_atoms
 
     rows = []
     for steps in steps_list:

@@ -32,8 +32,8 @@ from guided_sampling import schedule_inverse  # noqa: E402
 
 from agedi_jax import sde as S  # noqa: E402
 from agedi_jax.data import load_c2db_csv  # noqa: E402
-from agedi_jax.graph import batch_from_atoms  # noqa: E402
-from agedi_jax.sampling import load_model  # noqa: E402
+from agedi_jax.convert import batch_from_atoms  # noqa: E402
+from agedi_jax.checkpoint import load_model  # noqa: E402
 
 SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
 

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from agedi_jax.config import replace
-from agedi_jax.graph import Bucket, atoms_from_batch, collate, encode_structures
-from agedi_jax.sampling import make_sampler
+from agedi_jax.batch import Bucket, collate
+from agedi_jax.convert import atoms_from_batch, encode_structures
+from agedi_jax.generate import make_sampler
 from agedi_jax.symmetry import layer_group
 
 

@@ -41,7 +41,7 @@ from agedi_jax.evaluation import (  # noqa: E402
     species_of,
     tsne_map,
 )
-from agedi_jax.sampling import load_model  # noqa: E402
+from agedi_jax.checkpoint import load_model  # noqa: E402
 
 SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from c2db_fix import load_c2db_repaired  # noqa: E402
 from guided_sampling import layer_groups, sample_templates, validity_summary  # noqa: E402
 
-from agedi_jax.sampling import load_model  # noqa: E402
+from agedi_jax.checkpoint import load_model  # noqa: E402
 
 SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
 

@@ -34,8 +34,9 @@ from c2db_fix import load_c2db_repaired  # noqa: E402
 from guided_sampling import layer_groups, schedule_inverse  # noqa: E402
 
 from agedi_jax import samplers, sde as S  # noqa: E402
-from agedi_jax.graph import atoms_from_batch, batch_from_atoms  # noqa: E402
-from agedi_jax.sampling import load_model, make_step  # noqa: E402
+from agedi_jax.convert import atoms_from_batch, batch_from_atoms  # noqa: E402
+from agedi_jax.checkpoint import load_model
+from agedi_jax.generate import make_step  # noqa: E402
 
 SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
 

@@ -90,9 +90,10 @@ def time_sampling(model, params) -> dict:
     import jax.numpy as jnp
 
     from agedi_jax import samplers
-    from agedi_jax.batching import common_bucket
+    from agedi_jax.batch import common_bucket
     from agedi_jax.data import load_c2db_csv
-    from agedi_jax.graph import collate, encode_structures
+    from agedi_jax.batch import collate
+    from agedi_jax.convert import encode_structures
 
     val = load_c2db_csv(VAL)
     structures = val.structures[:64]

@@ -1,4 +1,4 @@
-"""Metrics as JSON lines and the loss plot of a training run."""
+"""The training log of a run: metrics as JSON lines, and the loss plot."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 import os
 from pathlib import Path
 from typing import Any, Iterable
+
+__all__ = ["MetricsLog", "read_metrics", "plot_losses"]
 
 
 class MetricsLog:

@@ -1,5 +1,5 @@
-"""Sampling structures from a trained model: templates → compiled reverse diffusion →
-``ase.Atoms``.
+"""Generating structures from a trained model: templates → compiled reverse diffusion →
+``ase.Atoms``, on one device or data-parallel over a mesh.
 
 Three ways to say what to generate (paper Sec. III):
 
@@ -11,69 +11,35 @@ Three ways to say what to generate (paper Sec. III):
 Options: a label and guidance weight ``w`` (classifier-free guidance, Eq. 19), type
 interpolation between two elements (Eq. 20), the samplers of :mod:`agedi_jax.samplers`,
 the step count and a seed. Templates are processed in batches of ``sample.batch_size``
-structures, all padded to one bucket, so the sampler compiles once per call.
+structures, all padded to one bucket, so the sampler compiles once per call. With
+``mesh=`` every batch is split into shards over the mesh's devices
+(:mod:`agedi_jax.parallel`); the structures are those of the one-device call.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import samplers
-from .batching import common_bucket
-from .checkpoint import CheckpointError, load_config_and_vocab, restore_state
-from .config import Config, config_hash, override
-from .graph import MASK, AtomsBatch, StructureError, atoms_from_batch, collate, encode_structures
-from .model import DiffusionModel, build_model, init_state
+from agedi_jax import samplers
+from agedi_jax.batch import AtomsBatch, Bucket, StructureError, bucket_for, collate, common_bucket
+from agedi_jax.config import Config, config_hash
+from agedi_jax.convert import atoms_from_batch, encode_structures
+from agedi_jax.model import DiffusionModel, compiled
+from agedi_jax.sde import check_batch
+from agedi_jax.vocab import MASK
 
-
-def checkpoint_dir(path: str | os.PathLike) -> Path:
-    """``RUN`` → ``RUN/checkpoints/best`` (else ``latest``); a checkpoint directory as is."""
-    path = Path(path)
-    if (path / "meta.json").is_file():
-        return path
-    for name in ("best", "latest"):
-        if (path / "checkpoints" / name / "meta.json").is_file():
-            return path / "checkpoints" / name
-    if not path.exists():
-        raise CheckpointError(f"checkpoint path {path} does not exist")
-    raise CheckpointError(f"no checkpoint in {path} (expected meta.json, or checkpoints/best|latest)")
-
-
-def _dummy_batch(model: DiffusionModel) -> AtomsBatch:
-    from ase import Atoms
-
-    symbol = model.vocab.symbols[0]
-    atoms = Atoms([symbol] * 2, positions=[[0, 0, 0], [1.5, 0, 0]])
-    return collate(encode_structures([atoms], model.vocab, model.config.model.cutoff))
-
-
-def load_model(
-    path: str | os.PathLike, overrides: Sequence[str] = (), use_ema: bool = True
-) -> tuple[DiffusionModel, Any, Config]:
-    """Load a model and its parameters from a run directory or checkpoint.
-
-    ``overrides`` may change the ``sample`` section only (``sample.steps=100``); the model
-    and processes are those the checkpoint was trained with.
-    """
-    ckpt = checkpoint_dir(path)
-    config, vocab, meta = load_config_and_vocab(ckpt)
-    for item in overrides:
-        if not item.split("=", 1)[0].strip().startswith("sample."):
-            raise ValueError(f"when sampling only sample.* fields can be overridden, not {item!r}")
-    config = override(config, overrides)
-    model = build_model(config, vocab)
-    target = jax.eval_shape(lambda: init_state(model, jax.random.PRNGKey(0), _dummy_batch(model)))
-    state = restore_state(ckpt, target)
-    params = state.ema_params if use_ema else state.params
-    return model, params, config
+__all__ = [
+    "make_templates",
+    "SampleRequest",
+    "prepare_request",
+    "make_sampler",
+    "sample_atoms",
+]
 
 
 # --------------------------------------------------------------------------------------
@@ -149,29 +115,8 @@ def make_templates(
 
 
 # --------------------------------------------------------------------------------------
-# Sampler assembly
+# The compiled sampler
 # --------------------------------------------------------------------------------------
-
-
-def make_step(model: DiffusionModel, config: Config | None = None):
-    """The step function of the configured samplers (positions, types or joint)."""
-    s = (config or model.config).sample
-    pos = typ = None
-    if model.sde is not None:
-        if s.sampler == "em":
-            pos = samplers.euler_maruyama(model.sde)
-        elif s.sampler == "pc":
-            pos = samplers.predictor_corrector(model.sde, s.snr, s.corrector_steps)
-        else:
-            pos = samplers.heun_ode(model.sde)
-    if model.process is not None:
-        typ = samplers.tau_leaping(model.process) if s.type_sampler == "tau" else samplers.analytic(model.process)
-    if pos is not None and typ is not None:
-        return samplers.joint(pos, typ)
-    return pos if pos is not None else typ
-
-
-_SAMPLERS: dict = {}
 
 
 def make_sampler(
@@ -180,27 +125,27 @@ def make_sampler(
     guided: bool = False,
     interpolate: tuple[int, int] | None = None,
     config: Config | None = None,
+    mesh: Any = None,
 ):
     """A jitted ``run(params, key, template_batch, generate_types[g], w) -> AtomsBatch`` for
     the configured sampler: prior → ``lax.scan`` over the time grid → final step (resolve
     MASK, Tweedie denoising). With ``guided`` the score is classifier-free guided with the
-    weight ``w`` (a traced scalar: every w shares one compilation). Cached per (model,
-    guided, interpolation, config): compiles once per bucket."""
+    weight ``w`` (a traced scalar: every w shares one compilation). With a ``mesh`` the
+    template and ``generate_types`` are stacked (a leading shard axis over its devices) and
+    every device samples its shards with the same key (randomness is keyed by global graph
+    slot). Cached per (model, guided, interpolation, sampler settings, mesh): compiles once
+    per bucket."""
     cfg = config or model.config
-    from .model import compute_key
-
     # the seed and batch size do not change the compiled code (the bucket is a jit shape)
     sample_key = dataclasses.replace(cfg.sample, seed=0, batch_size=1)
-    cache_key = (compute_key(model), guided, interpolate, sample_key, cfg.process)
-    if cache_key not in _SAMPLERS:
-        if len(_SAMPLERS) > 16:
-            _SAMPLERS.clear()
-        _SAMPLERS[cache_key] = _build_sampler(model, guided, interpolate, cfg)
-    return _SAMPLERS[cache_key]
+    return compiled(
+        "sample", model, lambda: _build_sampler(model, guided, interpolate, cfg, mesh),
+        guided, interpolate, sample_key, cfg.process, mesh,
+    )
 
 
-def _build_sampler(model: DiffusionModel, guided: bool, interpolate, cfg: Config):
-    step = make_step(model, cfg)
+def _build_sampler(model: DiffusionModel, guided: bool, interpolate, cfg: Config, mesh: Any):
+    step = samplers.make_step(model.sde, model.process, cfg.sample)
     grid = samplers.time_grid(cfg.sample.steps, cfg.process.t_eps, cfg.sample.grid)
     final = samplers.finalize(model.sde if cfg.sample.denoise else None, resolve_types=model.process is not None)
 
@@ -216,7 +161,27 @@ def _build_sampler(model: DiffusionModel, guided: bool, interpolate, cfg: Config
         state = state._replace(types=types.astype(state.types.dtype))
         return samplers.sample(jax.random.fold_in(key, 1), state, score_fn, step, grid, final)
 
-    return jax.jit(run)
+    if mesh is None:
+        return jax.jit(run)
+    from agedi_jax import parallel
+
+    sharded = parallel.shard_parallel(run, mesh, stacked=(False, False, True, True, False))
+
+    def run_sharded(params, key, template: AtomsBatch, generate_types: jax.Array, w: jax.Array) -> AtomsBatch:
+        parallel.check_stacked(template, mesh, "sharded sampler")
+        if tuple(generate_types.shape) != tuple(template.cell.shape[:2]):
+            raise ValueError(
+                f"sharded sampler: generate_types of shape {tuple(generate_types.shape)}, "
+                f"expected {tuple(template.cell.shape[:2])} (shards, graph slots)"
+            )
+        return sharded(params, key, template, generate_types, jnp.asarray(w, jnp.float32))
+
+    return jax.jit(run_sharded)
+
+
+# --------------------------------------------------------------------------------------
+# sample_atoms
+# --------------------------------------------------------------------------------------
 
 
 def sample_atoms(
@@ -237,12 +202,14 @@ def sample_atoms(
     seed: int | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    mesh: Any = None,
+    shards_per_device: int = 1,
 ) -> list:
     """Generate structures; returns ``list[ase.Atoms]`` (info: seed, label, guidance,
     interpolation, sampler, steps, config hash, index).
 
     Args:
-      model, params: from :func:`load_model` or training.
+      model, params: from :func:`agedi_jax.checkpoint.load_model` or training.
       n_atoms / compositions / templates: what to generate (module docstring).
       num_samples: copies per size / composition / template.
       generate_types: for templates, generate the free atoms' types (default: keep them).
@@ -251,6 +218,11 @@ def sample_atoms(
       guidance: CFG weight w (Eq. 19); default ``sample.guidance``. Only used with labels.
       interpolate: two element symbols, e.g. ``("Pt", "Cu")`` (Eq. 20).
       sampler, type_sampler, steps, seed, batch_size: override the ``sample`` config.
+      progress: show a progress bar.
+      mesh: a device mesh (:func:`agedi_jax.parallel.make_mesh`): every batch is split
+        into ``mesh.size × shards_per_device`` contiguous shards, one block per device
+        (a shard may be empty), all in one bucket. Same ``seed`` and ``batch_size`` give
+        the structures of the one-device call (up to rounding).
     """
     req = prepare_request(
         model, n_atoms=n_atoms, compositions=compositions, templates=templates, num_samples=num_samples,
@@ -259,31 +231,90 @@ def sample_atoms(
     )
     s = req.config.sample
     n = len(req.structures)
-    chunks = [list(range(i, min(i + s.batch_size, n))) for i in range(0, n, s.batch_size)]
-    bucket = common_bucket([[req.encoded[i] for i in c] for c in chunks])
-    run = make_sampler(model, guided=req.guided, interpolate=req.interpolate, config=req.config)
+    batches = [list(range(i, min(i + s.batch_size, n))) for i in range(0, n, s.batch_size)]
+    if mesh is None:
+        bucket = common_bucket([[req.encoded[i] for i in c] for c in batches])
+        run_batch = _single_device(model, req, bucket)
+    else:
+        run_batch = _data_parallel(model, req, batches, mesh, shards_per_device)
     root = jax.random.PRNGKey(s.seed)
     out: list = []
-    it = chunks
+    it = batches
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(chunks, desc="sample", unit="batch", dynamic_ncols=True)
-    for ci, chunk in enumerate(it):
-        batch = collate([req.encoded[i] for i in chunk], bucket)
-        if model.sde is not None:
-            from .sde import check_batch
-
-            check_batch(model.sde, batch)  # VP on a periodic template: clear error, not NaN
-        gen_mask = np.zeros(bucket.n_graph, bool)
-        gen_mask[: len(chunk)] = [req.generate[i] for i in chunk]
-        result = run(params, jax.random.fold_in(root, ci), batch, jnp.asarray(gen_mask), jnp.float32(req.w))
-        out += req.to_atoms(model, jax.device_get(result), chunk)
+        it = tqdm(batches, desc="sample", unit="batch", dynamic_ncols=True)
+    for bi, idx in enumerate(it):
+        out += run_batch(params, jax.random.fold_in(root, bi), idx)
     return out
 
 
+def _single_device(model: DiffusionModel, req: "SampleRequest", bucket: Bucket):
+    run = make_sampler(model, guided=req.guided, interpolate=req.interpolate, config=req.config)
+
+    def run_batch(params, key, idx: list[int]) -> list:
+        batch = collate([req.encoded[i] for i in idx], bucket)
+        if model.sde is not None:
+            check_batch(model.sde, batch)  # VP on a periodic template: clear error, not NaN
+        gen_mask = np.zeros(bucket.n_graph, bool)
+        gen_mask[: len(idx)] = [req.generate[i] for i in idx]
+        result = run(params, key, batch, jnp.asarray(gen_mask), jnp.float32(req.w))
+        return req.to_atoms(model, jax.device_get(result), idx)
+
+    return run_batch
+
+
+def _data_parallel(model: DiffusionModel, req: "SampleRequest", batches: list, mesh: Any, shards_per_device: int):
+    from agedi_jax import parallel
+    from agedi_jax.config import replace
+
+    if int(shards_per_device) < 1:
+        raise ValueError(f"sample_atoms: shards_per_device must be >= 1, got {shards_per_device}")
+    cfg = req.config
+    num_shards = mesh.devices.size * int(shards_per_device)
+    parts = {tuple(b): [list(p) for p in np.array_split(np.asarray(b), num_shards)] for b in batches}
+    nonempty = [[req.encoded[i] for i in p] for ps in parts.values() for p in ps if p]
+    small = common_bucket(nonempty)
+    bucket = Bucket(small.n_node, small.n_edge, bucket_for(0, 0, cfg.sample.batch_size).n_graph)
+    # seed and batch size do not enter the compiled sampler: keep them out of its cache key
+    base = model.config.sample
+    compiled_cfg = replace(cfg, sample=dict(seed=base.seed, batch_size=base.batch_size))
+    run = make_sampler(model, guided=req.guided, interpolate=req.interpolate, config=compiled_cfg, mesh=mesh)
+    mine = parallel.local_shards(mesh, num_shards)
+    replicated: dict = {}
+
+    def run_batch(params, key, idx: list[int]) -> list:
+        if "params" not in replicated:
+            replicated["params"] = parallel.replicate(params, mesh)  # a no-op when they already are
+        ps = parts[tuple(idx)]
+        stacked = parallel.stack_shards([[req.encoded[i] for i in p] for p in ps], bucket, mine)
+        if model.sde is not None:  # VP on a periodic template is an error, not NaN
+            for shard in parallel.unstack(stacked):
+                check_batch(model.sde, shard)
+        gen_mask = np.zeros(bucket.n_graph, bool)
+        gen_mask[: len(idx)] = [req.generate[i] for i in idx]
+        gen_mask = np.broadcast_to(gen_mask, (len(mine), bucket.n_graph)).copy()
+        result = run(
+            replicated["params"], key, parallel.shard_batch(stacked, mesh, num_shards),
+            jax.make_array_from_process_local_data(parallel.data_sharding(mesh), gen_mask, (num_shards, bucket.n_graph)),
+            jnp.float32(req.w),
+        )
+        out: list = []
+        for shard, p in zip(parallel.unstack(parallel.fetch(result)), ps):
+            if p:
+                out += req.to_atoms(model, shard, p)
+        return out
+
+    return run_batch
+
+
+# --------------------------------------------------------------------------------------
+# The request
+# --------------------------------------------------------------------------------------
+
+
 class SampleRequest(NamedTuple):
-    """What :func:`sample_atoms` (and :func:`agedi_jax.parallel.sample_sharded`) generate:
+    """What :func:`sample_atoms` generates:
     the resolved config, the templates, and per template whether its types are generated,
     its label and its encoding."""
 
@@ -351,7 +382,7 @@ def prepare_request(
     }
     cfg = model.config
     if updates:
-        from .config import replace
+        from agedi_jax.config import replace
 
         cfg = replace(cfg, sample=updates)
     structures, gen = make_templates(
@@ -387,18 +418,3 @@ def prepare_request(
         gen = [True] * n
     encoded = encode_structures(structures, model.vocab, cfg.model.cutoff, labels=labels, max_atoms=cfg.data.max_atoms)
     return SampleRequest(cfg, structures, gen, labels, w, guided, interp, names, encoded)
-
-
-def write_extxyz(path: str | os.PathLike, structures: Sequence[Any], config: Config) -> Path:
-    """Write structures as extended XYZ and the resolved config beside it
-    (``PATH.config.json``)."""
-    from ase.io import write
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp, list(structures), format="extxyz")
-    os.replace(tmp, path)
-    meta = {"config": config.to_dict(), "config_hash": config_hash(config), "num_structures": len(structures)}
-    (path.with_name(path.name + ".config.json")).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    return path

@@ -1,0 +1,228 @@
+"""``ase.Atoms`` ↔ :class:`~agedi_jax.batch.AtomsBatch`: validation and encoding on the host.
+
+:func:`encode_structures` validates structures (named errors for empty structures,
+non-finite positions, singular periodic cells, unknown elements, structures larger than
+the configured padding) and encodes each one with its edge template
+(:class:`~agedi_jax.batch.EncodedStructure`); :func:`~agedi_jax.batch.collate` pads them
+into a batch; :func:`batch_from_atoms` does both; :func:`atoms_from_batch` turns the real
+graphs of a batch back into ``ase.Atoms``. ASE is used only here, never inside jit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from agedi_jax.batch import AtomsBatch, Bucket, EncodedStructure, StructureError, collate
+from agedi_jax.edges import edge_template
+from agedi_jax.vocab import MASK, TypeVocab
+
+__all__ = [
+    "validate_atoms",
+    "fixed_mask",
+    "encode_structures",
+    "batch_from_atoms",
+    "atoms_from_batch",
+]
+
+
+def _describe(k: int, atoms: Any) -> str:
+    try:
+        formula = atoms.get_chemical_formula()
+    except Exception:  # pragma: no cover - defensive
+        formula = "?"
+    return f"structure {k} ({formula or 'empty'})"
+
+
+def validate_atoms(atoms: Any, k: int = 0, vocab: TypeVocab | None = None) -> None:
+    """Raise :class:`StructureError` naming structure ``k`` if it cannot be batched."""
+    name = _describe(k, atoms)
+    if len(atoms) == 0:
+        raise StructureError(f"{name}: empty structure (no atoms)")
+    pos = np.asarray(atoms.positions, np.float64)
+    if not np.all(np.isfinite(pos)):
+        bad = np.where(~np.all(np.isfinite(pos), axis=1))[0]
+        raise StructureError(f"{name}: non-finite (NaN/inf) positions for atoms {bad[:10].tolist()}")
+    pbc = np.asarray(atoms.pbc, bool)
+    if pbc.any():
+        cell = np.asarray(atoms.cell, np.float64)
+        if not np.all(np.isfinite(cell)):
+            raise StructureError(f"{name}: non-finite cell")
+        lengths = np.linalg.norm(cell, axis=1)
+        if np.any(lengths[pbc] < 1e-6):
+            raise StructureError(
+                f"{name}: cell is singular in a periodic direction (pbc={pbc.tolist()}, "
+                f"lattice vector lengths {np.round(lengths, 4).tolist()} Å)"
+            )
+        volume = abs(np.linalg.det(cell))
+        if volume < 1e-6 * max(lengths.max(), 1.0) ** 3:
+            raise StructureError(
+                f"{name}: cell is singular (volume {volume:.3g} Å^3) with pbc={pbc.tolist()}; a "
+                "periodic structure needs three independent lattice vectors (for a 2D material "
+                "give the non-periodic axis a vacuum vector, e.g. atoms.center(vacuum=10, axis=2))"
+            )
+    if vocab is not None:
+        for s in set(atoms.get_chemical_symbols()):
+            if s not in vocab.symbols:
+                raise StructureError(
+                    f"{name}: element {s!r} is not in the type vocabulary {list(vocab.symbols)}"
+                )
+
+
+def fixed_mask(atoms: Any) -> np.ndarray:
+    from ase.constraints import FixAtoms
+
+    mask = np.zeros(len(atoms), bool)
+    for c in atoms.constraints:
+        if isinstance(c, FixAtoms):
+            mask[c.get_indices()] = True
+    return mask
+
+
+def encode_structures(
+    atoms_list: Sequence[Any],
+    vocab: TypeVocab,
+    cutoff: float,
+    *,
+    labels: Sequence[int] | None = None,
+    label_key: str | None = None,
+    fixed: Sequence[np.ndarray] | None = None,
+    max_atoms: int | None = None,
+    masked_types: bool = False,
+) -> list[EncodedStructure]:
+    """Validate and encode structures (with their edge templates) for :func:`collate`.
+
+    Arguments as in :func:`batch_from_atoms`. Encoding a data set once and collating random
+    subsets is much cheaper than rebuilding templates for every batch.
+    """
+    if len(atoms_list) == 0:
+        raise StructureError("empty list of structures: nothing to batch")
+    if cutoff <= 0 or not math.isfinite(cutoff):
+        raise ValueError(f"cutoff must be a positive number of Å, got {cutoff}")
+    if labels is None and label_key is not None:
+        labels = []
+        for k, atoms in enumerate(atoms_list):
+            if label_key not in atoms.info:
+                raise StructureError(f"{_describe(k, atoms)}: no label {label_key!r} in atoms.info")
+            labels.append(int(atoms.info[label_key]))
+    if labels is not None and len(labels) != len(atoms_list):
+        raise ValueError(f"{len(labels)} labels for {len(atoms_list)} structures")
+    if fixed is not None and len(fixed) != len(atoms_list):
+        raise ValueError(f"{len(fixed)} fixed masks for {len(atoms_list)} structures")
+
+    out = []
+    for k, atoms in enumerate(atoms_list):
+        validate_atoms(atoms, k, vocab)
+        na = len(atoms)
+        if max_atoms is not None and na > max_atoms:
+            raise StructureError(
+                f"{_describe(k, atoms)}: {na} atoms is more than the configured "
+                f"maximum of {max_atoms} atoms per structure"
+            )
+        f = fixed_mask(atoms) if fixed is None else np.asarray(fixed[k], bool)
+        if f.shape != (na,):
+            raise StructureError(f"{_describe(k, atoms)}: fixed mask of shape {f.shape}, expected ({na},)")
+        types = vocab.encode(atoms.get_chemical_symbols())
+        if masked_types:
+            types = np.where(f, types, MASK).astype(np.int32)
+        cell = np.asarray(atoms.cell, np.float64).copy()
+        pbc = np.asarray(atoms.pbc, bool).copy()
+        snd, rcv, shf = edge_template(na, cell, pbc, cutoff)
+        out.append(
+            EncodedStructure(
+                positions=np.asarray(atoms.positions, np.float64).copy(),
+                types=types,
+                cell=cell,
+                pbc=pbc,
+                fixed=f,
+                label=0 if labels is None else int(labels[k]),
+                senders=snd,
+                receivers=rcv,
+                shifts=shf,
+            )
+        )
+    return out
+
+
+def batch_from_atoms(
+    atoms_list: Sequence[Any],
+    vocab: TypeVocab,
+    cutoff: float,
+    *,
+    bucket: Bucket | None = None,
+    labels: Sequence[int] | None = None,
+    label_key: str | None = None,
+    fixed: Sequence[np.ndarray] | None = None,
+    max_atoms: int | None = None,
+    masked_types: bool = False,
+) -> AtomsBatch:
+    """Build a padded :class:`AtomsBatch` (numpy arrays, float64) from ``ase.Atoms``.
+
+    Args:
+      atoms_list: structures; periodic ones need a full-rank cell.
+      vocab: type vocabulary; unknown elements raise :class:`StructureError`.
+      cutoff: largest cutoff (Å) the edges will be used with; sets the image range.
+      bucket: padded sizes; default: the smallest ladder bucket that fits
+        (:func:`bucket_for`). Too small a bucket raises :class:`StructureError`.
+      labels: per-structure integer labels (0 = none); or ``label_key`` to read them
+        from ``atoms.info``.
+      fixed: per-structure boolean masks of fixed atoms; default: ASE ``FixAtoms``
+        constraints.
+      max_atoms: largest structure allowed (e.g. the model's configured padding).
+      masked_types: set every non-fixed atom's type to MASK (for sampling templates).
+
+    Returns:
+      An :class:`AtomsBatch` of numpy arrays; ``jax.numpy`` converts it at the jit
+      boundary (float32 unless x64 is enabled).
+    """
+    encoded = encode_structures(
+        atoms_list,
+        vocab,
+        cutoff,
+        labels=labels,
+        label_key=label_key,
+        fixed=fixed,
+        max_atoms=max_atoms,
+        masked_types=masked_types,
+    )
+    return collate(encoded, bucket)
+
+
+def atoms_from_batch(
+    batch: AtomsBatch,
+    vocab: TypeVocab,
+    info: Sequence[dict] | None = None,
+    label_key: str | None = "label",
+) -> list:
+    """Turn the real graphs of a batch back into ``ase.Atoms`` (host).
+
+    Positions, symbols (MASK -> ``'X'``), cell, pbc and fixed atoms (as ``FixAtoms``) are
+    restored; ``info[k]`` is copied into structure ``k``'s ``atoms.info``; a non-zero label
+    is stored under ``label_key``.
+    """
+    from ase import Atoms
+    from ase.constraints import FixAtoms
+
+    b = AtomsBatch(*(np.asarray(x) for x in batch))
+    out = []
+    graphs = np.where(b.graph_mask)[0]
+    if info is not None and len(info) != len(graphs):
+        raise ValueError(f"{len(info)} info dicts for {len(graphs)} structures")
+    for k, gi in enumerate(graphs):
+        sel = np.where(b.node_mask & (b.graph_index == gi))[0]
+        atoms = Atoms(
+            symbols=vocab.decode(b.types[sel]),
+            positions=b.positions[sel].astype(np.float64),
+            cell=b.cell[gi].astype(np.float64),
+            pbc=b.pbc[gi].astype(bool),
+        )
+        if b.fixed[sel].any():
+            atoms.set_constraint(FixAtoms(indices=np.where(b.fixed[sel])[0]))
+        if info is not None:
+            atoms.info.update(dict(info[k]))
+        if label_key is not None and b.label[gi] != 0:
+            atoms.info[label_key] = int(b.label[gi])
+        out.append(atoms)
+    return out

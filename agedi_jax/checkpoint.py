@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jax
-import numpy as np
 
 from agedi_jax import __version__
 from agedi_jax.config import Config, config_hash
+from agedi_jax.results import json_default
 from agedi_jax.vocab import TypeVocab
 
 __all__ = [
@@ -47,20 +47,8 @@ class CheckpointError(RuntimeError):
 
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default))
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=json_default))
     os.replace(tmp, path)
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if hasattr(x, "item"):
-        return x.item()
-    raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
 def save_checkpoint(

@@ -187,8 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         # Known user errors get one clear line, not a traceback.
-        from agedi_jax.checkpoint import CheckpointError
         from agedi_jax.batch import StructureError
+        from agedi_jax.checkpoint import CheckpointError
 
         if isinstance(err, (ValueError, KeyError, FileNotFoundError, CheckpointError, StructureError)):
             print(f"agedi-jax {args.command}: error: {err}", file=sys.stderr)

@@ -15,7 +15,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from agedi_jax.batch import AtomsBatch, Bucket, EncodedStructure, StructureError, collate
+from agedi_jax.batch import (
+    AtomsBatch,
+    Bucket,
+    EncodedStructure,
+    StructureError,
+    collate,
+)
 from agedi_jax.edges import edge_template
 from agedi_jax.vocab import MASK, TypeVocab
 

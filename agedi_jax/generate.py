@@ -26,7 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from agedi_jax import samplers
-from agedi_jax.batch import AtomsBatch, Bucket, StructureError, bucket_for, collate, common_bucket
+from agedi_jax.batch import (
+    AtomsBatch,
+    Bucket,
+    StructureError,
+    bucket_for,
+    collate,
+    common_bucket,
+)
 from agedi_jax.config import Config, config_hash
 from agedi_jax.convert import atoms_from_batch, encode_structures
 from agedi_jax.model import DiffusionModel, compiled

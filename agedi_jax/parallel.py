@@ -65,7 +65,8 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from agedi_jax.batch import AtomsBatch, Bucket, EncodedStructure, collate
 from agedi_jax.batching import BatchStream

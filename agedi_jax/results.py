@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from agedi_jax.config import Config, config_hash
 
-__all__ = ["write_extxyz"]
+__all__ = ["write_extxyz", "json_default"]
 
 
 def write_extxyz(path: str | os.PathLike, structures: Sequence[Any], config: Config) -> Path:
@@ -26,3 +26,20 @@ def write_extxyz(path: str | os.PathLike, structures: Sequence[Any], config: Con
     meta = {"config": config.to_dict(), "config_hash": config_hash(config), "num_structures": len(structures)}
     (path.with_name(path.name + ".config.json")).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return path
+
+
+def json_default(x: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy scalars and arrays and paths."""
+    import numpy as np
+
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "item"):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x)}")

@@ -50,7 +50,15 @@ import numpy as np
 
 from agedi_jax import discrete
 from agedi_jax.batch import AtomsBatch
-from agedi_jax.geometry import centre, com_axes, displace, free_atoms, graph_sum, remove_com, wrap_positions
+from agedi_jax.geometry import (
+    centre,
+    com_axes,
+    displace,
+    free_atoms,
+    graph_sum,
+    remove_com,
+    wrap_positions,
+)
 from agedi_jax.keys import atom_keys, atom_normal, graph_uniform
 from agedi_jax.scores import Scores
 from agedi_jax.sde import SDE, batch_drift, check_batch, prior_sample

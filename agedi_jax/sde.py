@@ -51,7 +51,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from agedi_jax.batch import AtomsBatch
-from agedi_jax.geometry import centre, com_axes, free_atoms, inv3, remove_com, wrap_positions
+from agedi_jax.geometry import (
+    centre,
+    com_axes,
+    free_atoms,
+    inv3,
+    remove_com,
+    wrap_positions,
+)
 from agedi_jax.keys import atom_normal
 
 Array = jax.Array

@@ -15,8 +15,6 @@ and resumed ends with exactly the parameters of a run that never stopped.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import time
@@ -24,7 +22,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from agedi_jax.batching import BatchStream, fixed_batches
@@ -37,7 +34,15 @@ from agedi_jax.checkpoint import (
 )
 from agedi_jax.config import Config, config_hash, replace
 from agedi_jax.convert import encode_structures
-from agedi_jax.model import DiffusionModel, TrainState, build_model, init_state, learning_rate, make_eval_step, make_train_step
+from agedi_jax.model import (
+    DiffusionModel,
+    TrainState,
+    build_model,
+    init_state,
+    learning_rate,
+    make_eval_step,
+    make_train_step,
+)
 from agedi_jax.runlog import MetricsLog, plot_losses, read_metrics
 from agedi_jax.vocab import TypeVocab
 

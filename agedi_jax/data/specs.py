@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Sequence
 
 from agedi_jax.data import builtin, c2db, qcd
-from agedi_jax.data.dataset import DataError, Dataset, check_path, load_ase_file, validate_dataset
+from agedi_jax.data.dataset import (
+    DataError,
+    Dataset,
+    check_path,
+    load_ase_file,
+    validate_dataset,
+)
 
 __all__ = ["resolve_data_spec", "load_dataset", "summary_main"]
 

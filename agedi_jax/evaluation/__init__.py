@@ -11,8 +11,17 @@
 Everything works on lists of ``ase.Atoms`` on the host (numpy); nothing here needs JAX.
 """
 
-from agedi_jax.evaluation.baselines import baseline_family, baseline_label, noised_baseline
-from agedi_jax.evaluation.descriptors import SOAP_DEFAULTS, soap_features, species_of, tsne_map
+from agedi_jax.evaluation.baselines import (
+    baseline_family,
+    baseline_label,
+    noised_baseline,
+)
+from agedi_jax.evaluation.descriptors import (
+    SOAP_DEFAULTS,
+    soap_features,
+    species_of,
+    tsne_map,
+)
 from agedi_jax.evaluation.energetics import (
     EMT_ELEMENTS,
     formation_energy,
@@ -23,7 +32,11 @@ from agedi_jax.evaluation.energetics import (
     reference_energies,
     relax,
 )
-from agedi_jax.evaluation.plots import plot_embedding, plot_energy_distributions, plot_prd_curves
+from agedi_jax.evaluation.plots import (
+    plot_embedding,
+    plot_energy_distributions,
+    plot_prd_curves,
+)
 from agedi_jax.evaluation.prd import (
     cluster_histograms,
     compute_prd,
@@ -32,7 +45,12 @@ from agedi_jax.evaluation.prd import (
     max_f_beta_pair,
     prd_auc,
 )
-from agedi_jax.evaluation.report import add_evaluate_arguments, evaluate, load_structures, run_evaluate
+from agedi_jax.evaluation.report import (
+    add_evaluate_arguments,
+    evaluate,
+    load_structures,
+    run_evaluate,
+)
 from agedi_jax.evaluation.validity import (
     composition_stats,
     layer_group_accuracy,

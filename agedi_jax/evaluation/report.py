@@ -26,8 +26,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from agedi_jax.evaluation.baselines import baseline_family
-from agedi_jax.evaluation.descriptors import SOAP_DEFAULTS, soap_features, species_of, tsne_map
-from agedi_jax.evaluation.prd import compute_prd_from_embedding, max_f_beta_pair, prd_auc
+from agedi_jax.evaluation.descriptors import (
+    SOAP_DEFAULTS,
+    soap_features,
+    species_of,
+    tsne_map,
+)
+from agedi_jax.evaluation.prd import (
+    compute_prd_from_embedding,
+    max_f_beta_pair,
+    prd_auc,
+)
 from agedi_jax.evaluation.validity import composition_stats, layer_groups, validity
 
 __all__ = ["evaluate", "load_structures", "add_evaluate_arguments", "run_evaluate"]
@@ -219,7 +228,11 @@ def evaluate(
         )
         np.savez(out / "validity.npz", **{k: np.asarray(v) for k, v in v_samples.items() if isinstance(v, np.ndarray)})
         if plots:
-            from agedi_jax.evaluation.plots import _pyplot, plot_embedding, plot_prd_curves
+            from agedi_jax.evaluation.plots import (
+                _pyplot,
+                plot_embedding,
+                plot_prd_curves,
+            )
 
             plt = _pyplot()
             fig = plot_prd_curves(

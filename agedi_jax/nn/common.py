@@ -276,6 +276,98 @@ def check_global_options(com_vector: bool, com_scales: Any, normalize: bool, nor
 
 
 # --------------------------------------------------------------------------------------
+# The interface every score network shares
+# --------------------------------------------------------------------------------------
+
+
+class ScoreNetwork(nn.Module):
+    """Base of the score networks: the fields every network has (the model passes them by
+    name, :func:`agedi_jax.model.network_kwargs`), input validation, and the call
+    signature. A subclass adds its own fields and implements ``_forward`` (jitted with
+    ``nn.jit``) on the validated inputs; :meth:`check_fields` may check more fields.
+
+    Attributes:
+      num_types: K physical types; the type table has K+1 rows (row 0 = MASK).
+      num_labels: labels 1..num_labels (0 = null label for classifier-free guidance,
+        Eq. 19); 0 means unconditional (no label parameters).
+      cutoff: radial cutoff, Å.
+      num_layers: interaction layers.
+      features: scalar channels per atom.
+      num_basis: Bessel functions of the radial basis.
+      envelope_p: exponent of the polynomial envelope.
+      avg_num_neighbors: see :func:`average_num_neighbors`.
+      position_head, type_head: which outputs to produce (an absent head returns None and
+        owns no parameters).
+      global_context: ``log N`` in the condition and a virtual-node update of the scalars
+        in every layer (:mod:`agedi_jax.nn.context`).
+      com_vector: input vector (and scalar) features from the offset to the centre of mass
+        (:func:`agedi_jax.nn.context.com_features`).
+      com_scales: length scales (Å) at which the centre-of-mass offset is squashed.
+      normalize: equivariant normalisation of every block's inputs (:mod:`agedi_jax.nn.norms`).
+      norm_eps: softening of the vector normalisation (squared feature units).
+    """
+
+    num_types: int
+    num_labels: int = 0
+    cutoff: float = 6.0
+    num_layers: int = 3
+    features: int = 64
+    num_basis: int = 8
+    envelope_p: int = 6
+    avg_num_neighbors: float = 12.0
+    position_head: bool = True
+    type_head: bool = True
+    global_context: bool = True
+    com_vector: bool = True
+    com_scales: tuple[float, ...] = (1.0, 3.0, 10.0)
+    normalize: bool = True
+    norm_eps: float = 1.0
+
+    def check_fields(self) -> None:
+        """Raise ``ValueError`` naming a bad field (subclasses extend it)."""
+        check_heads(self.position_head, self.type_head)
+        check_positive("cutoff", self.cutoff)
+        check_positive("avg_num_neighbors", self.avg_num_neighbors)
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        check_global_options(self.com_vector, self.com_scales, self.normalize, self.norm_eps)
+
+    def __call__(
+        self,
+        batch: AtomsBatch,
+        t: Array,
+        label: Array | None = None,
+        *,
+        edges: Edges | None = None,
+        type_weights: Array | None = None,
+    ) -> Any:
+        """Scores of a batch at diffusion times ``t``.
+
+        Args:
+          batch: padded batch (numpy or jax arrays; positions in Å).
+          t: [g] (or scalar) diffusion time in [0, 1].
+          label: [g] int condition, 0 = null; None -> ``batch.label`` (ignored when
+            ``num_labels == 0``).
+          edges: precomputed :func:`agedi_jax.edges.edge_vectors` (same cutoff); None ->
+            computed here.
+          type_weights: [n, K+1] per-atom weights over the type table (Eq. 20); None ->
+            one-hot of ``batch.types``.
+
+        Returns:
+          ``Scores(positions [n, 3] (an equivariant vector, zero centre of mass along
+          non-periodic axes), types [n, K])``; padding atoms are exactly 0; an absent head
+          gives None.
+        """
+        self.check_fields()
+        validate_inputs(batch, t, label, edges, type_weights,
+                        num_types=self.num_types, num_labels=self.num_labels)
+        return self._forward(batch, t, label, edges, type_weights)
+
+    def _forward(self, batch, t, label, edges, type_weights):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------
 # Average number of neighbours (from data)
 # --------------------------------------------------------------------------------------
 

@@ -25,8 +25,8 @@ import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
-from agedi_jax.geometry import com_axes, graph_mean, graph_sum, remove_com
 from agedi_jax.batch import AtomsBatch
+from agedi_jax.geometry import com_axes, graph_mean, graph_sum, remove_com
 from agedi_jax.nn.common import MLP
 
 Array = Any

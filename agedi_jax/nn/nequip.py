@@ -41,18 +41,14 @@ import jax
 import jax.numpy as jnp
 
 from agedi_jax.batch import AtomsBatch
-from agedi_jax.edges import Edges
 from agedi_jax.nn.common import (
     MLP,
+    ScoreNetwork,
     bessel_basis,
-    check_global_options,
-    check_heads,
-    check_positive,
     finalize_scores,
     polynomial_envelope,
     prepare_inputs,
     unit_vectors,
-    validate_inputs,
 )
 from agedi_jax.nn.context import GlobalContext, com_features, graph_size_features
 from agedi_jax.nn.embeddings import Conditioning
@@ -155,92 +151,31 @@ class NequIPLayer(nn.Module):
         return e3nn.gate(out, even_act=nn.silu, even_gate_act=jax.nn.sigmoid)
 
 
-class NequIP(nn.Module):
+class NequIP(ScoreNetwork):
     """NequIP-style score network for positions (a ``1o`` vector per atom) and types
     (K log-scores per atom), conditioned on time, label and (soft) types.
 
+    The fields shared by every network (``num_types``, ``cutoff``, ``num_layers``,
+    ``features`` — here the ``0e`` channels —, heads, context and normalisation switches)
+    are those of :class:`~agedi_jax.nn.common.ScoreNetwork`; NequIP adds:
+
     Attributes:
-      num_types: K physical types; the type table has K+1 rows (row 0 = MASK).
-      num_labels: labels 1..num_labels (0 = null label for classifier-free guidance, Eq. 19);
-        0 means unconditional (no label parameters).
-      cutoff: radial cutoff, Å.
-      num_layers: interaction layers.
-      features: scalar (``0e``) channels.
       vector_features: channels of every ``l ≥ 1`` irrep.
       l_max: largest degree of the spherical harmonics and of the hidden irreps.
-      num_basis: Bessel functions of the radial basis.
-      envelope_p: exponent of the polynomial envelope.
-      avg_num_neighbors: see :func:`agedi_jax.nn.common.average_num_neighbors`.
       radial_hidden, radial_layers: width / depth of the radial MLP.
       species_skip: per-species (type-weighted) skip connection instead of a plain one.
-      position_head, type_head: which outputs to produce (an absent head returns None and
-        owns no parameters).
-      global_context: ``log N`` in the condition and a virtual-node update of the scalars
-        in every layer (module docstring).
-      com_vector: input ``1o`` (and ``0e``) features from the offset to the centre of mass
-        (:func:`agedi_jax.nn.context.com_features`).
-      com_scales: length scales (Å) at which the centre-of-mass offset is squashed.
-      normalize: equivariant layer norm of every layer's input (module docstring).
-      norm_eps: softening of the ``l ≥ 1`` normalisation (squared feature units).
     """
 
-    num_types: int
-    num_labels: int = 0
-    cutoff: float = 6.0
-    num_layers: int = 3
-    features: int = 64
     vector_features: int = 32
     l_max: int = 2
-    num_basis: int = 8
-    envelope_p: int = 6
-    avg_num_neighbors: float = 12.0
     radial_hidden: int = 64
     radial_layers: int = 2
     species_skip: bool = False
-    position_head: bool = True
-    type_head: bool = True
-    global_context: bool = True
-    com_vector: bool = True
-    com_scales: tuple[float, ...] = (1.0, 3.0, 10.0)
-    normalize: bool = True
-    norm_eps: float = 1.0
 
-    def __call__(
-        self,
-        batch: AtomsBatch,
-        t: Array,
-        label: Array | None = None,
-        *,
-        edges: Edges | None = None,
-        type_weights: Array | None = None,
-    ) -> Scores:
-        """Scores of a batch at diffusion times ``t``.
-
-        Args:
-          batch: padded batch (numpy or jax arrays; positions in Å).
-          t: [g] (or scalar) diffusion time in [0, 1].
-          label: [g] int condition, 0 = null; None -> ``batch.label`` (ignored when
-            ``num_labels == 0``).
-          edges: precomputed :func:`agedi_jax.edges.edge_vectors` (same cutoff); None ->
-            computed here.
-          type_weights: [n, K+1] per-atom weights over the type table (Eq. 20); None ->
-            one-hot of ``batch.types``.
-
-        Returns:
-          ``Scores(positions [n, 3] (1o, zero centre of mass along non-periodic axes),
-          types [n, K])``; padding atoms are exactly 0; an absent head gives None.
-        """
-        check_heads(self.position_head, self.type_head)
-        check_positive("cutoff", self.cutoff)
-        check_positive("avg_num_neighbors", self.avg_num_neighbors)
-        if self.num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+    def check_fields(self) -> None:
+        super().check_fields()
         if self.l_max < 1:
             raise ValueError(f"l_max must be >= 1 (the position output is a vector), got {self.l_max}")
-        check_global_options(self.com_vector, self.com_scales, self.normalize, self.norm_eps)
-        validate_inputs(batch, t, label, edges, type_weights,
-                        num_types=self.num_types, num_labels=self.num_labels)
-        return self._forward(batch, t, label, edges, type_weights)
 
     # One lifted jit around the whole forward pass: an eager ``model.init`` / ``model.apply``
     # then compiles once instead of dispatching hundreds of small e3nn ops one by one.

@@ -41,20 +41,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from agedi_jax.batch import AtomsBatch
-from agedi_jax.edges import Edges
 from agedi_jax.nn.common import (
     MLP,
+    ScoreNetwork,
     bessel_basis,
-    check_global_options,
-    check_heads,
-    check_positive,
     finalize_scores,
     polynomial_envelope,
     prepare_inputs,
     safe_norm,
     unit_vectors,
-    validate_inputs,
 )
 from agedi_jax.nn.context import GlobalContext, com_features, graph_size_features
 from agedi_jax.nn.embeddings import Conditioning
@@ -126,79 +121,12 @@ class GatedEquivariantBlock(nn.Module):
         return s_out, gate[:, None, :] * v_b
 
 
-class PaiNN(nn.Module):
-    """PaiNN score network with the interface of :class:`agedi_jax.nn.nequip.NequIP`.
+class PaiNN(ScoreNetwork):
+    """PaiNN score network (the interface and shared fields of
+    :class:`~agedi_jax.nn.common.ScoreNetwork`; ``features`` is the width F of scalars and
+    of vector channels). Its radial basis defaults to 20 Bessel functions."""
 
-    Attributes:
-      num_types: K physical types; the type table has K+1 rows (row 0 = MASK).
-      num_labels: labels 1..num_labels (0 = null label, Eq. 19); 0 = unconditional.
-      cutoff: radial cutoff, Å.
-      num_layers: interaction (message + update) layers.
-      features: width F of scalars and of vector channels.
-      num_basis: Bessel functions of the radial basis.
-      envelope_p: exponent of the polynomial envelope.
-      avg_num_neighbors: see :func:`agedi_jax.nn.common.average_num_neighbors`.
-      position_head, type_head: which outputs to produce (an absent head returns None and
-        owns no parameters).
-      global_context: ``log N`` in the condition and a virtual-node update of the scalars
-        before every layer (module docstring).
-      com_vector: initial vectors (and scalars) from the offset to the centre of mass
-        (:func:`agedi_jax.nn.context.com_features`).
-      com_scales: length scales (Å) at which the centre-of-mass offset is squashed.
-      normalize: pre-normalise the inputs of every block and the heads (module docstring).
-      norm_eps: softening of the vector normalisation (squared feature units).
-    """
-
-    num_types: int
-    num_labels: int = 0
-    cutoff: float = 6.0
-    num_layers: int = 3
-    features: int = 64
     num_basis: int = 20
-    envelope_p: int = 6
-    avg_num_neighbors: float = 12.0
-    position_head: bool = True
-    type_head: bool = True
-    global_context: bool = True
-    com_vector: bool = True
-    com_scales: tuple[float, ...] = (1.0, 3.0, 10.0)
-    normalize: bool = True
-    norm_eps: float = 1.0
-
-    def __call__(
-        self,
-        batch: AtomsBatch,
-        t: Array,
-        label: Array | None = None,
-        *,
-        edges: Edges | None = None,
-        type_weights: Array | None = None,
-    ) -> Scores:
-        """Scores of a batch at diffusion times ``t``.
-
-        Args:
-          batch: padded batch (numpy or jax arrays; positions in Å).
-          t: [g] (or scalar) diffusion time in [0, 1].
-          label: [g] int condition, 0 = null; None -> ``batch.label`` (ignored when
-            ``num_labels == 0``).
-          edges: precomputed :func:`agedi_jax.edges.edge_vectors` (same cutoff); None ->
-            computed here.
-          type_weights: [n, K+1] per-atom weights over the type table (Eq. 20); None ->
-            one-hot of ``batch.types``.
-
-        Returns:
-          ``Scores(positions [n, 3] (zero centre of mass along non-periodic axes),
-          types [n, K])``; padding atoms are exactly 0; an absent head gives None.
-        """
-        check_heads(self.position_head, self.type_head)
-        check_positive("cutoff", self.cutoff)
-        check_positive("avg_num_neighbors", self.avg_num_neighbors)
-        if self.num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
-        check_global_options(self.com_vector, self.com_scales, self.normalize, self.norm_eps)
-        validate_inputs(batch, t, label, edges, type_weights,
-                        num_types=self.num_types, num_labels=self.num_labels)
-        return self._forward(batch, t, label, edges, type_weights)
 
     # One lifted jit around the forward pass, so eager init / apply compile once.
     @nn.jit

@@ -6,7 +6,7 @@ With ``--compare-plain`` each network is also timed with its global inputs and
 normalisation switched off (``global_context``, ``com_vector``, ``normalize`` = False), the
 cost of those features.
 
-    python experiments/benchmarks/bench_networks.py [--batch 64] [--repeats 20] [--compare-plain]
+    python -m experiments.benchmarks.bench_networks [--batch 64] [--repeats 20] [--compare-plain]
 
 Figures on a shared CPU are indicative only.
 """
@@ -23,8 +23,9 @@ import numpy as np
 from ase.cluster import Icosahedron
 
 from agedi_jax.convert import batch_from_atoms
-from agedi_jax.vocab import TypeVocab
 from agedi_jax.nn import average_num_neighbors, make_network
+from agedi_jax.vocab import TypeVocab
+from experiments.common import timed
 
 CUTOFF = 6.0
 
@@ -38,16 +39,6 @@ def pt13_batch(num: int, seed: int = 0):
         atoms.append(a)
     vocab = TypeVocab(("Pt",))
     return atoms, batch_from_atoms(atoms, vocab, CUTOFF, labels=[0] * num), vocab
-
-
-def timed(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def compile_time(fn, *args) -> float:
@@ -98,8 +89,8 @@ def main() -> None:
         fwd_bwd = jax.jit(jax.value_and_grad(loss))
         c_fwd = compile_time(fwd, params, batch, t)
         c_fb = compile_time(fwd_bwd, params, batch, t)
-        t_fwd = timed(fwd, params, batch, t, repeats=args.repeats)
-        t_fb = timed(fwd_bwd, params, batch, t, repeats=args.repeats)
+        t_fwd = timed(lambda: jax.block_until_ready(fwd(params, batch, t)), args.repeats)["median"] / 1e3
+        t_fb = timed(lambda: jax.block_until_ready(fwd_bwd(params, batch, t)), args.repeats)["median"] / 1e3
         rows.append(f"{label:13s} {n_params:8d} {c_fwd:11.1f}s {c_fb:11.1f}s {1e3 * t_fwd:8.1f} "
                     f"{1e3 * t_fb:8.1f} {args.batch / t_fwd:10.0f} {args.batch / t_fb:10.0f}")
         print(header if len(rows) == 1 else "", rows[-1], sep="\n" if len(rows) == 1 else "")

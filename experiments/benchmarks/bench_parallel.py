@@ -11,8 +11,8 @@ On a CPU the devices are fake (``--cpu-devices D`` sets
 parallel step is NOT faster here — the point is that it runs and matches. On a machine with
 D GPUs the same command without ``--cpu-devices`` uses them all:
 
-    python experiments/benchmarks/bench_parallel.py --cpu-devices 4          # CPU, 4 fake devices
-    python experiments/benchmarks/bench_parallel.py --batch 64 --repeats 50  # every GPU of the host
+    python -m experiments.benchmarks.bench_parallel --cpu-devices 4          # CPU, 4 fake devices
+    python -m experiments.benchmarks.bench_parallel --batch 64 --repeats 50  # every GPU of the host
 """
 
 from __future__ import annotations
@@ -47,10 +47,11 @@ from agedi_jax import config as C  # noqa: E402
 from agedi_jax import parallel  # noqa: E402
 from agedi_jax.batching import BatchStream  # noqa: E402
 from agedi_jax.convert import encode_structures
-from agedi_jax.vocab import TypeVocab  # noqa: E402
+from agedi_jax.generate import sample_atoms  # noqa: E402
 from agedi_jax.model import build_model, init_state, make_train_step  # noqa: E402
 from agedi_jax.nn import average_num_neighbors  # noqa: E402
-from agedi_jax.generate import sample_atoms  # noqa: E402
+from agedi_jax.vocab import TypeVocab  # noqa: E402
+from experiments.common import timed  # noqa: E402
 
 
 def clusters(num: int, seed: int = 0) -> list:
@@ -62,19 +63,6 @@ def clusters(num: int, seed: int = 0) -> list:
         a.positions += rng.normal(scale=0.1, size=a.positions.shape)
         out.append(a)
     return out
-
-
-def timed(fn, repeats: int) -> tuple[float, float]:
-    """(first call incl. compile, median of ``repeats`` later calls), seconds."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(0))
-    first = time.perf_counter() - t0
-    times = []
-    for i in range(1, repeats + 1):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(i))
-        times.append(time.perf_counter() - t0)
-    return first, float(np.median(times))
 
 
 def main() -> None:
@@ -107,13 +95,18 @@ def main() -> None:
         holder = {"s": state}
         first_loss = []
 
-        def one(i):
+        calls = {"i": 0}
+
+        def one():
+            i = calls["i"]
+            calls["i"] += 1
             holder["s"], m = step(holder["s"], batches[i], jax.random.fold_in(key, i))
             if i == 0:
                 first_loss.append(float(m["loss"]))
-            return m["loss"]
+            jax.block_until_ready(m["loss"])
 
-        first, med = timed(one, ARGS.repeats)
+        r = timed(one, ARGS.repeats)
+        first, med = r["first_ms"] / 1e3, r["median"] / 1e3
         rows.append((label, n_dev, n_shards, first, med, n_struct / med, first_loss[0]))
 
     # the plain single-device step on the union of the D shards of every step
@@ -123,7 +116,7 @@ def main() -> None:
         if label.startswith("parallel, 1 device") and d == 1:
             continue
         batches = [d_shards.sharded(s, mesh) for s in range(ARGS.repeats + 1)]
-        step = parallel.make_parallel_train_step(model, mesh)
+        step = make_train_step(model, mesh)
         bench(label, mesh.devices.size, d, step, parallel.replicate(copy(state0), mesh), batches)
     ref_loss = rows[0][-1]
     rows = [r[:-1] + (abs(r[-1] - ref_loss),) for r in rows]
@@ -141,7 +134,7 @@ def main() -> None:
         out = {}
         for label, fn in (
             ("sample_atoms (one device)", lambda: sample_atoms(model, params, **kw)),
-            (f"sample_sharded ({d} devices)", lambda: parallel.sample_sharded(model, params, parallel.make_mesh(), **kw)),
+            (f"sample_atoms(mesh=...) ({d} devices)", lambda: sample_atoms(model, params, mesh=parallel.make_mesh(), **kw)),
         ):
             t0 = time.perf_counter()
             fn()

@@ -12,8 +12,8 @@ from the prior. ``--sampler`` picks the step: "em" (Euler–Maruyama), "heun"
 Prints compile times, the median run time over ``--repeats`` runs (after a warm-up run),
 steps/s, particle-steps/s, structures/s for the full sample, and the loop/scan time ratio.
 
-    python experiments/benchmarks/bench_samplers.py
-    python experiments/benchmarks/bench_samplers.py --sampler joint --particles 20000
+    python -m experiments.benchmarks.bench_samplers
+    python -m experiments.benchmarks.bench_samplers --sampler joint --particles 20000
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from agedi_jax import samplers as SM
 from agedi_jax import sde as S
 from agedi_jax.batch import AtomsBatch
 from agedi_jax.geometry import graph_mean
-from agedi_jax.vocab import MASK
 from agedi_jax.scores import Scores
+from agedi_jax.vocab import MASK
 
 S0 = 1.0  # toy data: zero-CoM Gaussian clusters of per-atom std 1 Å
 P0 = np.array([0.5, 0.3, 0.2])

@@ -2,7 +2,7 @@
 
 1. ``headline``: 10,000 13-atom clusters × 500 Euler–Maruyama steps with the QCD GM model
    (``experiments/clusters/runs/cpu_gm``: PaiNN 64×3, positions and types generated), one
-   batch through the package's compiled sampler (``sampling.make_sampler``): compile time,
+   batch through the package's compiled sampler (``generate.make_sampler``): compile time,
    run time, then the same through ``sample_atoms`` (host conversion to ``ase.Atoms``
    included) and a sanity check of the samples (mono-metallic fraction, nearest-neighbour
    distances against the training clusters of the same size).
@@ -10,7 +10,7 @@
    sampling step, the scanned samplers, XLA FLOPs, compile times.
 3. ``scaling``: ``scaling.run`` with batches up to 16,384 clusters and 13→55 atoms.
 
-    python experiments/benchmarks/gpu.py --out results/gpu.json     # on the GPU machine
+    python -m experiments.benchmarks.gpu --out results/gpu.json     # on the GPU machine
 
 The code is the package's, unchanged: only ``jax[cuda]`` is needed on the machine. The JSON
 is rewritten after every section, so a run cut short still reports what it measured.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -29,10 +28,9 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-import run_all as R  # noqa: E402
-import scaling as S  # noqa: E402
+from experiments.benchmarks import run_all as R
+from experiments.benchmarks import scaling as S
 
 GM_RUN = HERE.parent / "clusters" / "runs" / "cpu_gm"
 
@@ -41,10 +39,10 @@ def headline(num: int, steps: int, n_atoms: int, res: dict, save: Path | None) -
     import jax
     import jax.numpy as jnp
 
-    from agedi_jax.config import replace
     from agedi_jax.batch import Bucket
-    from agedi_jax.convert import batch_from_atoms
     from agedi_jax.checkpoint import load_model
+    from agedi_jax.config import replace
+    from agedi_jax.convert import batch_from_atoms
     from agedi_jax.generate import make_sampler, make_templates, sample_atoms
 
     model, params, cfg = load_model(GM_RUN)

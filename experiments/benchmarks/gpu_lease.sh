@@ -40,12 +40,12 @@ left() { echo $(( LIMIT - SECONDS )); }
 stage() { echo "=== [$SECONDS s] $*"; }
 
 stage headline
-timeout 120 python3 experiments/benchmarks/gpu.py --sections headline --out "$RES/gpu_headline.json" $H \
+timeout 120 python3 -m experiments.benchmarks.gpu --sections headline --out "$RES/gpu_headline.json" $H \
   --save "$RES/headline_samples.extxyz"
 gzip -f "$RES/headline_samples.extxyz" 2>/dev/null; pack
 
 stage c2db training
-timeout 190 python3 experiments/two_d/train.py --preset c2db --seconds $SEC --quiet \
+timeout 190 python3 -m experiments.two_d.train --preset c2db --seconds $SEC --quiet \
   --set data.dataset=$DATA/train.csv --set data.val_fraction=0.05 \
   --set model.network=painn --set model.features=$F --set model.num_layers=3 --set model.cutoff=5.0 \
   --set train.batch_size=64 --set train.learning_rate=1e-3 --set train.warmup_steps=400 \
@@ -55,23 +55,23 @@ timeout 190 python3 experiments/two_d/train.py --preset c2db --seconds $SEC --qu
 tar -C /tmp -czf "$OUT/c2db_gpu_run.tar.gz" --exclude='*/latest' c2db_gpu
 
 stage c2db CFG accuracy on val.csv
-timeout 70 python3 experiments/two_d/evaluate_cfg.py /tmp/c2db_gpu --data $DATA/val.csv $EV \
+timeout 70 python3 -m experiments.two_d.evaluate_cfg /tmp/c2db_gpu --data $DATA/val.csv $EV \
   --out "$RES/cfg_val.json" --plot "$RES/cfg_val.png" --samples-out "$RES/cfg_val_samples.extxyz"
 gzip -f "$RES/cfg_val_samples.extxyz" 2>/dev/null; pack
 
 stage c2db SnBr2 / MX2
-timeout 45 python3 experiments/two_d/snbr2.py /tmp/c2db_gpu --data $DATA/train.csv $SN --out "$RES/snbr2.json"; pack
+timeout 45 python3 -m experiments.two_d.snbr2 /tmp/c2db_gpu --data $DATA/train.csv $SN --out "$RES/snbr2.json"; pack
 
 stage c2db PRD samples
-timeout 45 python3 experiments/two_d/prd_tsne.py /tmp/c2db_gpu --data $DATA/train.csv $PR \
+timeout 45 python3 -m experiments.two_d.prd_tsne /tmp/c2db_gpu --data $DATA/train.csv $PR \
   --save-samples "$RES/prd_samples.extxyz"
 gzip -f "$RES/prd_samples.extxyz" 2>/dev/null; pack
 
 stage 64 x Pt13 step timings
-[ "$(left)" -gt 30 ] && timeout "$(left)" python3 experiments/benchmarks/gpu.py --sections jax $J --out "$RES/gpu_jax.json"
+[ "$(left)" -gt 30 ] && timeout "$(left)" python3 -m experiments.benchmarks.gpu --sections jax $J --out "$RES/gpu_jax.json"
 pack
 stage scaling
-[ "$(left)" -gt 30 ] && timeout "$(left)" python3 experiments/benchmarks/gpu.py --sections scaling --networks painn \
+[ "$(left)" -gt 30 ] && timeout "$(left)" python3 -m experiments.benchmarks.gpu --sections scaling --networks painn \
   $SC --out "$RES/gpu_scaling.json"
 pack
 stage done

@@ -15,7 +15,7 @@ curves (Sajjadi et al. 2018) on two feature protocols:
 Network evaluations per structure: ``em`` steps + 1, ``ode`` and ``pc`` 2 × steps + 1 (the
 ``+ 1`` is the final step that resolves MASK types and denoises).
 
-    python experiments/benchmarks/quality.py --run experiments/clusters/runs/cpu_gm \\
+    python -m experiments.benchmarks.quality --run experiments/clusters/runs/cpu_gm \\
         --settings em:500 em:100 ode:50 pc:50 --json experiments/benchmarks/results/quality_gm.json
 
 Structures are sampled in batches of ``--batch`` clusters whose atom counts are shuffled so
@@ -46,9 +46,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-import run_all as R  # noqa: E402  (helpers only; importing it changes no setting)
+from experiments.benchmarks import run_all as R  # noqa: E402  (helpers only; importing it changes no setting)
 
 EVALS = {"em": lambda s: s + 1, "ode": lambda s: 2 * s + 1, "pc": lambda s: 2 * s + 1}
 PROTOCOLS = {"paper": dict(element_agnostic=False), "agnostic": dict(element_agnostic=True)}
@@ -72,8 +71,8 @@ def sample_setting(model, params, sizes, kind: str, steps: int, seed: int, batch
     import jax
     import jax.numpy as jnp
 
-    from agedi_jax.config import replace
     from agedi_jax.batch import Bucket, collate
+    from agedi_jax.config import replace
     from agedi_jax.convert import atoms_from_batch, encode_structures
     from agedi_jax.generate import make_sampler, make_templates
 
@@ -166,10 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     R._process_settings()  # glibc heap settings of run_all.py
 
-    sys.path.insert(0, str(HERE.parents[1] / "experiments" / "clusters"))
-    import settings as cluster_settings
-
     from agedi_jax.checkpoint import load_model
+    from experiments.clusters import settings as cluster_settings
 
     model, params, config = load_model(args.run)
     reference = cluster_settings.reference_set(config, args.max_reference or None)

@@ -2,17 +2,17 @@
 agedi_jax on the same batch of 64 Pt13 clusters, FLOP rate against the machine's matmul
 rate, compile times, bfloat16, the untuned process, scaling and time to quality.
 
-    python experiments/benchmarks/run_all.py                 # ~10 min on 2 shared cores
-    python experiments/benchmarks/run_all.py --quick         # fewer repeats, no untuned run
-    python experiments/benchmarks/run_all.py --scaling --quality   # also rerun those scripts
+    python -m experiments.benchmarks.run_all                 # ~10 min on 2 shared cores
+    python -m experiments.benchmarks.run_all --quick         # fewer repeats, no untuned run
+    python -m experiments.benchmarks.run_all --scaling --quality   # also rerun those scripts
 
 Sections (``--sections``; default all but the slow reruns):
 
 * ``jax``: the package's default joint PaiNN model (64 features, 3 layers, cutoff 6 Å, VE
   SDE + absorbing types) on the exact padding of the batch (833 atom, 9,985 edge, 65 graph
   slots): the training step (``model.make_train_step``), one sampling step (the joint
-  Euler–Maruyama + τ-leaping step of ``sampling.make_step``, jitted alone, at t = 0.05),
-  the same step inside the compiled ``lax.scan`` of ``sampling.make_sampler`` (time of N
+  Euler–Maruyama + τ-leaping step of ``samplers.make_step``, jitted alone, at t = 0.05),
+  the same step inside the compiled ``lax.scan`` of ``generate.make_sampler`` (time of N
   steps / N, prior, scan and final step included), the other samplers' cost per step,
   XLA's FLOP count per step, compile times (train step; sampler with the default 500 steps);
 * ``matmul``: the float32 matmul rate of this machine (jnp and torch, 2 threads);
@@ -78,6 +78,8 @@ from typing import Any, Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from experiments import common  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 N_CLUSTERS = 64
@@ -93,20 +95,8 @@ def load() -> float:
 
 
 def timed(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> dict:
-    """Median wall time (ms) of ``repeats`` calls after ``warmup`` calls, quartiles, min,
-    median process CPU time (all threads) and the load average before and after."""
-    for _ in range(warmup):
-        fn()
-    l0 = load()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        c0, t0 = time.process_time(), time.perf_counter()
-        fn()
-        wall.append(1e3 * (time.perf_counter() - t0))
-        cpu.append(1e3 * (time.process_time() - c0))
-    q = np.percentile(wall, [25, 50, 75])
-    return {"median": float(q[1]), "p25": float(q[0]), "p75": float(q[2]), "min": float(min(wall)),
-            "cpu_median": float(np.median(cpu)), "repeats": repeats, "load": [l0, load()]}
+    """:func:`experiments.common.timed` with this driver's default of two warm-up calls."""
+    return common.timed(fn, repeats, warmup)
 
 
 def fmt(r: dict | None, key: str = "median") -> str:
@@ -196,14 +186,14 @@ def _flops(compiled) -> float:
 
 def step_timings(model, cfg, state, batch, late, repeats: int, out: dict, train: bool = True, warmup: int = 2):
     """Compile and time the package's jitted training step on ``batch`` (state donated,
-    chained as in training) and one joint sampling step (``sampling.make_step`` at
+    chained as in training) and one joint sampling step (``samplers.make_step`` at
     t = T_LATE, jitted alone) on ``late``; figures go into ``out``. Returns the parameters
     the sampling step used (the trained EMA parameters when ``train``)."""
     import jax
     import jax.numpy as jnp
 
     from agedi_jax.model import make_train_step
-    from agedi_jax.generate import make_step
+    from agedi_jax.samplers import make_step
 
     key = jax.random.PRNGKey(1)
     params = state.ema_params
@@ -224,7 +214,7 @@ def step_timings(model, cfg, state, batch, late, repeats: int, out: dict, train:
         params = holder["s"].ema_params
 
     dt = (1.0 - cfg.process.t_eps) / cfg.sample.steps
-    step_fn = make_step(model, cfg)
+    step_fn = make_step(model.sde, model.process, cfg.sample)
     score_fn = model.score_fn(params)
     one = jax.jit(lambda k, s: step_fn(k, s, jnp.float32(T_LATE), jnp.float32(T_LATE - dt), score_fn))
     t0 = time.perf_counter()
@@ -243,9 +233,9 @@ def jax_workloads(network: str, repeats: int, scan_steps: int, samplers: bool = 
 
     from agedi_jax.config import replace
     from agedi_jax.edges import edge_vectors
-    from agedi_jax.vocab import TypeVocab
-    from agedi_jax.model import build_model, init_state
     from agedi_jax.generate import make_sampler
+    from agedi_jax.model import build_model, init_state
+    from agedi_jax.vocab import TypeVocab
 
     vocab = TypeVocab(("Ni", "Cu", "Pd", "Ag", "Pt", "Au"))
     atoms = atoms_list if atoms_list is not None else pt13_atoms(clusters)
@@ -323,8 +313,8 @@ def bf16_forward(repeats: int) -> dict:
     import jax.numpy as jnp
 
     from agedi_jax.edges import edge_vectors
-    from agedi_jax.vocab import TypeVocab
     from agedi_jax.model import build_model, init_state
+    from agedi_jax.vocab import TypeVocab
 
     vocab = TypeVocab(("Ni", "Cu", "Pd", "Ag", "Pt", "Au"))
     model = build_model(benchmark_config("painn"), vocab)

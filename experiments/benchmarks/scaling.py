@@ -6,10 +6,10 @@ its centre; N = 13 is the full 13-atom icosahedron), each batch padded to its ex
 (one spare atom, edge and graph slot), the benchmark model of ``run_all.py`` (qcd_gm preset:
 VE SDE + absorbing types, cutoff 6 Å; PaiNN 64×3 or the default NequIP). For every point:
 the jitted training step (``model.make_train_step``) and one joint sampling step
-(``sampling.make_step`` at t = 0.05, jitted alone), median of ``--repeats`` calls.
+(``samplers.make_step`` at t = 0.05, jitted alone), median of ``--repeats`` calls.
 
-    python experiments/benchmarks/scaling.py                   # CPU: batch 16→512, atoms 13→55
-    python experiments/benchmarks/scaling.py --networks painn --batches 16 64 256
+    python -m experiments.benchmarks.scaling                   # CPU: batch 16→512, atoms 13→55
+    python -m experiments.benchmarks.scaling --networks painn --batches 16 64 256
 
 Process settings as ``run_all.py`` (``--no-tuning`` leaves them out). Writes ``results/scaling.json`` and ``scaling.png`` (time per structure against batch size
 and atoms; flat lines = linear cost).
@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-import run_all as R  # noqa: E402
+from experiments.benchmarks import run_all as R
 
 
 def clusters(num: int, n_atoms: int, seed: int = 0) -> list:
@@ -55,8 +54,8 @@ def measure(network: str, atoms: list, repeats: int, train: bool = True) -> dict
     """Median training-step and sampling-step time (ms) on the exact batch of ``atoms``."""
     import jax
 
-    from agedi_jax.vocab import TypeVocab
     from agedi_jax.model import build_model, init_state
+    from agedi_jax.vocab import TypeVocab
 
     vocab = TypeVocab(("Ni", "Cu", "Pd", "Ag", "Pt", "Au"))
     cfg = R.benchmark_config(network)
@@ -80,17 +79,11 @@ def run(networks: list[str], batches: list[int], atoms: list[int], base_batch: i
                            "base_batch": base_batch, "base_atoms": base_atoms, "batch": {}, "atoms": {}}
     for net in networks:
         res["batch"][net], res["atoms"][net] = [], []
-        for b in batches:
-            r = measure(net, clusters(b, base_atoms), repeats)
-            res["batch"][net].append(r)
-            log(f"[{net}] batch {b:5d} x {base_atoms} atoms: train {r['train_step_ms']['median']:9.1f} ms  "
-                f"sample step {r['sample_step_ms']['median']:8.1f} ms  (load {R.load()})")
-            if json_path:
-                json_path.write_text(json.dumps(res, indent=1))
-        for n in atoms:
-            r = measure(net, clusters(base_batch, n), repeats)
-            res["atoms"][net].append(r)
-            log(f"[{net}] batch {base_batch} x {n:3d} atoms: train {r['train_step_ms']['median']:9.1f} ms  "
+        points = [("batch", b, base_atoms) for b in batches] + [("atoms", base_batch, n) for n in atoms]
+        for axis, b, n in points:
+            r = measure(net, clusters(b, n), repeats)
+            res[axis][net].append(r)
+            log(f"[{net}] batch {b:5d} x {n:3d} atoms: train {r['train_step_ms']['median']:9.1f} ms  "
                 f"sample step {r['sample_step_ms']['median']:8.1f} ms  (load {R.load()})")
             if json_path:
                 json_path.write_text(json.dumps(res, indent=1))

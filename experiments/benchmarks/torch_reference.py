@@ -27,7 +27,7 @@ Workloads (each the median of ``repeats`` timed calls after warm-up; ``torch.set
    (VmRSS) over 35 chained steps where each step's output positions are the next input without
    ``detach()`` (the original's pattern), against a control chain that detaches.
 
-    python experiments/benchmarks/torch_reference.py [--repeats 20] [--batch 64] [--json PATH]
+    python -m experiments.benchmarks.torch_reference [--repeats 20] [--batch 64] [--json PATH]
 
 ``run_reference(repeats, batch)`` returns the same figures as a dict for the side-by-side
 driver (load this file with importlib; it imports without torch and then returns

@@ -8,7 +8,7 @@ lowest few within an energy window are written, centred at the origin, non-perio
 to ``agedi_jax/data/builtin/emt_clusters.xyz.gz`` (extended XYZ, gzip with a fixed
 header time so that the same seed gives the same bytes on the same platform).
 
-Usage:  python experiments/builtin_dataset/make_builtin.py [--seed 0] [--out PATH]
+Usage:  python -m experiments.builtin_dataset.make_builtin [--seed 0] [--out PATH]
 """
 
 from __future__ import annotations

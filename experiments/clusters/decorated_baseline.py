@@ -1,7 +1,7 @@
 """A second baseline for the interpolation study (not in the paper): random decoration of the
 mono-metallic GM cluster.
 
-    python experiments/clusters/decorated_baseline.py --budget cpu     # after interpolate.py
+    python -m experiments.clusters.decorated_baseline --budget cpu     # after interpolate.py
 
 For every interpolated AGeDi cluster A(N−n)B(n) of ``interpolate.py`` one baseline cluster
 with the same composition is built: the QCD GM geometry of the majority element (A_N if
@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import settings  # noqa: E402
-from interpolate import SYSTEMS, qcd_clusters, relax_all, stats  # noqa: E402
+from experiments.clusters import settings
+from experiments.clusters.interpolate import SYSTEMS, qcd_clusters, relax_all, stats
 
 
 def decorated(host, a: str, b: str, n_b: int, rng: np.random.Generator):
@@ -42,9 +38,7 @@ def decorated(host, a: str, b: str, n_b: int, rng: np.random.Generator):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--budget", choices=settings.BUDGETS, default="cpu")
-    ap.add_argument("--results", type=Path, default=None)
-    ap.add_argument("--seed", type=int, default=11)
+    settings.add_study_arguments(ap, seed=11, quick="the first 4 samples per system; writes nothing", run=False)
     args = ap.parse_args(argv)
 
     from ase.io import read
@@ -59,7 +53,7 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
     for k, (a, b, n) in enumerate(SYSTEMS):
         tag = f"{a}{b}"
-        model = read(results / f"interpolated_{tag}.extxyz", ":")
+        model = read(results / f"interpolated_{tag}.extxyz", ":4" if args.quick else ":")
         rss = read(results / f"rss_{tag}.extxyz", ":")
         f_model = np.array([s.info["formation_energy"] for s in model])
         f_rss = np.array([s.info["formation_energy"] for s in rss])
@@ -91,6 +85,8 @@ def main(argv=None) -> int:
         )
         print(tag, json.dumps(out[tag]["formation_energy"]), flush=True)
 
+    if args.quick:
+        return 0
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(arrays), figsize=(5.5 * len(arrays), 3.8), squeeze=False)
     for ax, ((a, b, n), (tag, (fm, fr, fd))) in zip(axes[0], zip(SYSTEMS, arrays.items())):

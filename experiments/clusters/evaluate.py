@@ -1,8 +1,8 @@
 """Evaluate the cluster models against their training data (paper Fig. 4b, 4c and the
 "only mono-metallic clusters are sampled" claim of Sec. III A).
 
-    python experiments/clusters/evaluate.py --budget cpu            # both subsets
-    python experiments/clusters/evaluate.py --budget cpu --subset gm
+    python -m experiments.clusters.evaluate --budget cpu            # both subsets
+    python -m experiments.clusters.evaluate --budget cpu --subset gm
 
 For each subset with samples (``sample.py``) and for three feature protocols:
 
@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import settings  # noqa: E402
+from experiments.clusters import settings
 
 PROTOCOLS = {
     "paper": dict(element_agnostic=False, num_clusters=20),
@@ -44,8 +41,7 @@ def load_pair(budget: str, subset: str, results: Path):
     """(samples, reference, sampling metadata) of one subset."""
     from ase.io import read
 
-    from agedi_jax.checkpoint import load_config_and_vocab
-    from agedi_jax.checkpoint import checkpoint_dir
+    from agedi_jax.checkpoint import checkpoint_dir, load_config_and_vocab
 
     meta = json.loads((results / f"samples_{subset}.json").read_text())
     samples = read(results / f"samples_{subset}.extxyz", ":")
@@ -125,8 +121,7 @@ def figures(results: Path, protocols) -> None:
             samples = read(results / f"samples_{subset}.extxyz", ":")
             for a in samples:
                 a.pbc = False
-            from agedi_jax.checkpoint import load_config_and_vocab
-            from agedi_jax.checkpoint import checkpoint_dir
+            from agedi_jax.checkpoint import checkpoint_dir, load_config_and_vocab
 
             config, _, _ = load_config_and_vocab(checkpoint_dir(meta["run"]))
             d_ref = np.asarray(validity(settings.reference_set(config, meta["max_reference"]))["min_distance"])

@@ -1,8 +1,8 @@
 """Bimetallic clusters by type interpolation (paper Eq. 20, Sec. III A, Fig. 5) from the GM
 model, with EMT in place of MACE + DFT.
 
-    python experiments/clusters/interpolate.py --budget cpu --num 192
-    python experiments/clusters/interpolate.py --quick                 # 8 samples, 20 steps
+    python -m experiments.clusters.interpolate --budget cpu --num 192
+    python -m experiments.clusters.interpolate --quick                 # 8 samples, 20 steps
 
 For Pt(12−n)Cu(n) and Pd(13−n)Ag(n): ``num`` clusters are sampled from the GM model with
 ``interpolate=(A, B)`` and only the number of atoms given (the model picks the composition);
@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import settings  # noqa: E402
+from experiments.clusters import settings
 
 SYSTEMS = (("Pt", "Cu", 12), ("Pd", "Ag", 13))
 COLORS = {"Pt": "#4c72b0", "Cu": "#dd8452", "Pd": "#55a868", "Ag": "#8172b3"}
@@ -257,13 +254,8 @@ def plot(results: Path, out: dict, training: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--budget", choices=settings.BUDGETS, default="cpu")
-    ap.add_argument("--run", type=Path, default=None, help="GM run directory (default runs/<budget>_gm)")
+    settings.add_study_arguments(ap, seed=7, quick="8 samples, 20 steps", steps=True)
     ap.add_argument("--num", type=int, default=192, help="samples (and RSS structures) per system")
-    ap.add_argument("--steps", type=int, default=None, help="EM steps (default settings.SAMPLE_STEPS)")
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--results", type=Path, default=None)
-    ap.add_argument("--quick", action="store_true", help="8 samples, 20 steps")
     args = ap.parse_args(argv)
 
     from agedi_jax.checkpoint import load_model

@@ -2,9 +2,9 @@
 training data (paper Fig. 4b/c: "an equal number of samples"). Only the number of atoms is
 given; positions and types are generated (joint model).
 
-    python experiments/clusters/sample.py --subset gm --budget cpu
-    python experiments/clusters/sample.py --subset de200 --budget cpu     # 500 of the training split on the CPU budget
-    python experiments/clusters/sample.py --subset gm --quick             # 16 samples, 20 steps
+    python -m experiments.clusters.sample --subset gm --budget cpu
+    python -m experiments.clusters.sample --subset de200 --budget cpu     # 500 of the training split on the CPU budget
+    python -m experiments.clusters.sample --subset gm --quick             # 16 samples, 20 steps
 
 Writes ``results/<budget>/samples_<subset>.extxyz`` (+ ``.config.json``) and
 ``samples_<subset>.json`` (wall time, sizes, sampler). The reference set is rebuilt by
@@ -15,15 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import settings  # noqa: E402
+from experiments.clusters import settings
 
 
 def size_bands(sizes, batch_size: int, max_ratio: float = 1.6) -> list[list[int]]:
@@ -64,15 +59,11 @@ def sample_like(model, params, sizes, *, steps: int, seed: int, batch_size: int,
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--subset", choices=settings.SUBSETS, required=True)
-    ap.add_argument("--budget", choices=settings.BUDGETS, default="cpu")
-    ap.add_argument("--run", type=Path, default=None, help="run directory (default runs/<budget>_<subset>)")
-    ap.add_argument("--steps", type=int, default=None, help="Euler–Maruyama steps (default settings.SAMPLE_STEPS)")
+    settings.add_study_arguments(ap, seed=1, quick="16 samples, 20 steps", steps=True, results=False)
     ap.add_argument("--max-reference", type=int, default=-1,
                     help="reference structures (and samples); default settings.MAX_REFERENCE, 0 = all")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="output directory (default results/<budget>)")
-    ap.add_argument("--quick", action="store_true", help="16 samples, 20 steps")
     args = ap.parse_args(argv)
 
     from agedi_jax.checkpoint import load_model

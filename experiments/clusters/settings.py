@@ -105,3 +105,22 @@ def reference_set(config, max_structures: int | None, seed: int = 0) -> list:
         keep = np.sort(np.random.default_rng(seed).choice(len(train_atoms), max_structures, replace=False))
         train_atoms = [train_atoms[i] for i in keep]
     return train_atoms
+
+
+def add_study_arguments(ap, *, seed: int, quick: str, run: bool = True, results: bool = True,
+                        steps: bool = False) -> None:
+    """The arguments every cluster script shares: ``--budget``, ``--run`` (a run directory,
+    default ``runs/<budget>_<subset>``), ``--steps`` (Euler–Maruyama steps, default
+    :data:`SAMPLE_STEPS`), ``--seed``, ``--results`` (default ``results/<budget>``) and
+    ``--quick`` (a smoke test: ``quick`` says what it does)."""
+    from pathlib import Path as _Path
+
+    ap.add_argument("--budget", choices=BUDGETS, default="cpu")
+    if run:
+        ap.add_argument("--run", type=_Path, default=None, help="run directory (default runs/<budget>_<subset>)")
+    if steps:
+        ap.add_argument("--steps", type=int, default=None, help="Euler–Maruyama steps (default settings.SAMPLE_STEPS)")
+    ap.add_argument("--seed", type=int, default=seed)
+    if results:
+        ap.add_argument("--results", type=_Path, default=None, help="default results/<budget>")
+    ap.add_argument("--quick", action="store_true", help=quick)

@@ -1,7 +1,7 @@
 """How many Euler–Maruyama steps (Eq. 9) does the GM model need? A small study that chooses
 the step count of ``sample.py``.
 
-    python experiments/clusters/steps_study.py --budget cpu --steps 50 100 200 500
+    python -m experiments.clusters.steps_study --budget cpu --steps 50 100 200 500
 
 Samples ``--per-size`` clusters of every training size (3–29 atoms) for each step count (same
 seed) and reports: validity (no pair closer than max(0.5 Å, half the covalent-radius sum),
@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import settings  # noqa: E402
+from experiments.clusters import settings
 
 
 def nearest_same_size(samples, reference) -> np.ndarray:
@@ -44,17 +40,13 @@ def nearest_same_size(samples, reference) -> np.ndarray:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--budget", choices=settings.BUDGETS, default="cpu")
-    ap.add_argument("--run", type=Path, default=None)
+    settings.add_study_arguments(ap, seed=3, quick="1 per size, steps 10 and 20")
     ap.add_argument("--steps", type=int, nargs="+", default=[50, 100, 200, 500])
     ap.add_argument("--per-size", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=3)
-    ap.add_argument("--results", type=Path, default=None)
-    ap.add_argument("--quick", action="store_true", help="1 per size, steps 10 and 20")
     args = ap.parse_args(argv)
 
-    from agedi_jax.evaluation import composition_stats, validity
     from agedi_jax.checkpoint import load_model
+    from agedi_jax.evaluation import composition_stats, validity
 
     results = args.results or settings.results_dir(args.budget)
     results.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
 """Train the cluster models of paper Sec. III A (GM and ΔE < 200 meV subsets of QCD).
 
-    python experiments/clusters/train.py --subset gm --budget cpu        # ~1 h on 2 shared cores
-    python experiments/clusters/train.py --subset de200 --budget cpu
-    python experiments/clusters/train.py --subset gm --budget gpu        # paper scale
-    python experiments/clusters/train.py --subset gm --quick --out /tmp/x  # 30-step smoke run
+    python -m experiments.clusters.train --subset gm --budget cpu        # ~1 h on 2 shared cores
+    python -m experiments.clusters.train --subset de200 --budget cpu
+    python -m experiments.clusters.train --subset gm --budget gpu        # paper scale
+    python -m experiments.clusters.train --subset gm --quick --out /tmp/x  # 30-step smoke run
 
 This is ``agedi-jax train --preset qcd_<subset> --set ... --out runs/<budget>_<subset>``
 with the overrides of ``settings.OVERRIDES``; the exact command is printed first. A run
@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import settings  # noqa: E402
+from experiments.clusters import settings
 
 
 def main(argv=None) -> int:

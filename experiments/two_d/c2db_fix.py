@@ -8,95 +8,28 @@ oblique) every atom is displaced. 2H-MoS2 then reads as layer group 4 (p11m) ins
 p-6m2 (78), 1T-MoS2 as 1 (p1) instead of p-3m1 (72): p1 is 31 % of the raw labels but
 1.1 % after the repair, and short contacts (d < 0.7 (r_i + r_j)) in the non-rectangular
 cells drop from 9.3 % of the structures to 1.4 % (0.3 % in rectangular cells). Evidence:
-``python experiments/two_d/c2db_fix.py --check`` (results in ``data_fix.json``).
+``python -m experiments.two_d.c2db_fix --check`` (results in ``data_fix.json``).
 
 The repair is ``x = f ⊙ (|a|, |b|, |c|)`` from the CIF's numbers as written (before any
-wrapping: ASE's CIF reader and :func:`agedi_jax.data.load_c2db_csv` wrap f into [0, 1),
-which for a skewed cell is not a lattice translation of the true positions), then wrapping
-in-plane. Cell, composition and metadata are unchanged; labels (layer groups, spglib at
-symprec 0.1) are recomputed on the repaired positions.
+wrapping: ASE's CIF reader wraps f into [0, 1), which for a skewed cell is not a lattice
+translation of the true positions), then wrapping in-plane; cell, composition and metadata
+are unchanged, labels (layer groups, spglib at symprec 0.1) come from the repaired
+positions. The package applies it on load (:func:`agedi_jax.data.load_c2db_csv`,
+``repair_positions=True``, the default); this script compares the raw and the repaired
+reading.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from agedi_jax.data import load_c2db_csv
-from agedi_jax.data.c2db import layer_group_labels
-from agedi_jax.data.dataset import Dataset
-from agedi_jax.symmetry import DEFAULT_SYMPREC
-
-SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
-
-
-def cif_fractional(cif: str) -> np.ndarray:
-    """``[n, 3]`` the ``_atom_site_fract_{x,y,z}`` columns of a CIF exactly as written
-    (no wrapping). Raises ``ValueError`` if the atom-site loop is missing."""
-    lines = [ln.strip() for ln in cif.splitlines()]
-    out = []
-    k = 0
-    while k < len(lines):
-        if lines[k] == "loop_" and k + 1 < len(lines) and lines[k + 1].startswith("_atom_site_"):
-            k += 1
-            header = []
-            while k < len(lines) and lines[k].startswith("_"):
-                header.append(lines[k])
-                k += 1
-            cols = [header.index(f"_atom_site_fract_{c}") for c in "xyz"]
-            while k < len(lines) and lines[k] and not lines[k].startswith(("_", "loop_", "#")):
-                tok = lines[k].split()
-                out.append([float(tok[c]) for c in cols])
-                k += 1
-            break
-        k += 1
-    if not out:
-        raise ValueError("no _atom_site_fract_x/y/z loop in the CIF")
-    return np.asarray(out, np.float64)
-
-
-def repaired_positions(cell: np.ndarray, frac_as_written: np.ndarray) -> np.ndarray:
-    """Cartesian positions ``[n, 3]`` (Å): ``f ⊙ (|a|, |b|, |c|)``; the cell must be in the
-    standard frame (a along x, b in xy, c along z) as ASE builds it from CIF cell
-    parameters."""
-    cell = np.asarray(cell, np.float64)
-    if abs(cell[0, 1]) > 1e-8 or abs(cell[0, 2]) > 1e-8 or abs(cell[1, 2]) > 1e-8:
-        raise ValueError(f"cell not in the standard frame (a along x, b in xy): {cell.tolist()}")
-    return np.asarray(frac_as_written, np.float64) * np.linalg.norm(cell, axis=1)
-
-
-def load_c2db_repaired(path: str | Path, symprec: float = DEFAULT_SYMPREC, with_labels: bool = True) -> Dataset:
-    """:func:`agedi_jax.data.load_c2db_csv` with the positions repaired (module docstring)
-    and the layer groups recomputed; ``info["layer_group_raw"]`` keeps the raw label."""
-    raw = load_c2db_csv(path, symprec=symprec, with_labels=with_labels)
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if len(rows) != len(raw):
-        raise ValueError(f"{path}: {len(rows)} rows but {len(raw)} structures")
-    structures = []
-    for atoms, row in zip(raw.structures, rows):
-        frac = cif_fractional(row["cif"])
-        if frac.shape[0] != len(atoms):
-            raise ValueError(f"{path}, {row['material_id']}: {frac.shape[0]} sites but {len(atoms)} atoms")
-        a = atoms.copy()
-        a.positions = repaired_positions(np.asarray(a.cell), frac)
-        a.wrap()
-        if with_labels:
-            a.info["layer_group_raw"] = int(atoms.info["layer_group"])
-        structures.append(a)
-    labels = None
-    if with_labels:
-        labels = layer_group_labels(structures, symprec)
-        for a, lab in zip(structures, labels):
-            a.info["layer_group"] = int(lab)
-    source = dict(raw.source, positions="repaired: x = f * |a_i| (experiments/two_d/c2db_fix.py)")
-    return Dataset(structures=structures, name=raw.name + ":repaired", labels=labels, source=source)
+from experiments.common import data_path
 
 
 def _min_contact_ratio(atoms) -> float:
@@ -118,8 +51,8 @@ def _same_periodic(a, b, tol: float = 1e-3) -> bool:
 
 def check(path: str | Path) -> dict:
     """Raw vs repaired: label distribution and shortest contact / (r_cov,i + r_cov,j)."""
-    raw = load_c2db_csv(path)
-    rep = load_c2db_repaired(path)
+    raw = load_c2db_csv(path, repair_positions=False)
+    rep = load_c2db_csv(path)
     skew = np.array([abs(a.cell.angles()[2] - 90.0) > 1e-3 for a in raw.structures])
     r_raw = np.array([_min_contact_ratio(a) for a in raw.structures])
     r_rep = np.array([_min_contact_ratio(a) for a in rep.structures])
@@ -144,7 +77,7 @@ def check(path: str | Path) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--check", nargs="*", default=[SHARED + "/c2db/train.csv", SHARED + "/c2db/val.csv"])
+    ap.add_argument("--check", nargs="*", default=[data_path("c2db/train.csv"), data_path("c2db/val.csv")])
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "data_fix.json")
     args = ap.parse_args(argv)
     res = [check(p) for p in args.check]

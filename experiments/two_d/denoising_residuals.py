@@ -10,7 +10,7 @@ residual, separately for the in-plane (x, y) and out-of-plane (z) components, an
 also without the global translation. A residual close to the target variance means the
 model has learned nothing at that noise level.
 
-    python experiments/two_d/denoising_residuals.py experiments/two_d/runs/gpu \\
+    python -m experiments.two_d.denoising_residuals experiments/two_d/runs/gpu \\
         --out experiments/two_d/results/gpu/denoising_residuals.json
 """
 
@@ -18,24 +18,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from guided_sampling import schedule_inverse  # noqa: E402
-
-from agedi_jax import sde as S  # noqa: E402
-from agedi_jax.data import load_c2db_csv  # noqa: E402
-from agedi_jax.convert import batch_from_atoms  # noqa: E402
-from agedi_jax.checkpoint import load_model  # noqa: E402
-
-SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
+from agedi_jax import sde as S
+from agedi_jax.checkpoint import load_model
+from agedi_jax.convert import batch_from_atoms
+from agedi_jax.data import load_c2db_csv
+from experiments.common import data_path
+from experiments.two_d.guided_sampling import schedule_inverse
 
 
 def graph_centred(x: np.ndarray, graph: np.ndarray) -> np.ndarray:
@@ -49,7 +43,7 @@ def graph_centred(x: np.ndarray, graph: np.ndarray) -> np.ndarray:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--data", default=SHARED + "/c2db/val.csv")
+    ap.add_argument("--data", default=data_path("c2db/val.csv"))
     ap.add_argument("--num", type=int, default=64)
     ap.add_argument("--stds", type=float, nargs="+", default=[0.06, 0.26, 0.51, 1.01, 2.0],
                     help="kernel stds (Å) at which to compare (the times follow from the schedule)")

@@ -8,7 +8,7 @@ sample is compared with the condition. Prints the accuracy per w, per w for the 
 groups, the validity of the samples, and writes everything (per-structure groups included)
 to ``--out``.
 
-    python experiments/two_d/evaluate_cfg.py experiments/two_d/model \
+    python -m experiments.two_d.evaluate_cfg experiments/two_d/model \
         --data ../shared/data/c2db/val.csv --steps 100 --out experiments/two_d/results/cfg_val.json
 
 ``--positions repaired`` (default) computes the target layer groups from the repaired
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -28,15 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from c2db_fix import load_c2db_repaired  # noqa: E402
-from guided_sampling import layer_groups, sample_templates, validity_summary  # noqa: E402
-
-from agedi_jax.data import load_c2db_csv  # noqa: E402
-from agedi_jax.checkpoint import load_model  # noqa: E402
-
-SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
+from agedi_jax.checkpoint import load_model
+from agedi_jax.data import load_c2db_csv
+from experiments.common import data_path
+from experiments.two_d.guided_sampling import (
+    layer_groups,
+    sample_templates,
+    validity_summary,
+)
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
@@ -95,7 +93,7 @@ def plot_accuracy(acc: dict, path: Path, title: str = "") -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", type=Path, help="run directory or checkpoint directory")
-    ap.add_argument("--data", default=SHARED + "/c2db/val.csv", help="C2DB CSV (train/val format)")
+    ap.add_argument("--data", default=data_path("c2db/val.csv"), help="C2DB CSV (train/val format)")
     ap.add_argument("--positions", choices=["repaired", "raw"], default="repaired")
     ap.add_argument("--weights", type=float, nargs="+", default=list(WEIGHTS))
     ap.add_argument("--steps", type=int, default=100, help="Euler–Maruyama steps")
@@ -113,7 +111,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     t_start = time.perf_counter()
-    ds = load_c2db_repaired(args.data) if args.positions == "repaired" else load_c2db_csv(args.data)
+    ds = load_c2db_csv(args.data, repair_positions=args.positions == "repaired")
     structures, targets = list(ds.structures), np.asarray(ds.labels, int)
     if args.num is not None:
         structures, targets = structures[: args.num], targets[: args.num]

@@ -3,7 +3,7 @@ classifier-free guidance (Eq. 19), layer groups and validity of the samples, and
 at which an SDE's kernel has a given std (to compare schedules at equal noise).
 
 :func:`sample_templates` runs the package's compiled sampler
-(:func:`agedi_jax.sampling.make_sampler`) on templates packed into ONE exact bucket (atoms,
+(:func:`agedi_jax.generate.make_sampler`) on templates packed into ONE exact bucket (atoms,
 template edges, graphs of the largest chunk, no ladder rounding), so every guidance weight
 and every chunk reuses one compilation; chunk ``k`` uses the key ``fold_in(seed, k)`` for
 every w (common random numbers across weights).
@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agedi_jax.config import replace
 from agedi_jax.batch import Bucket, collate
+from agedi_jax.config import replace
 from agedi_jax.convert import atoms_from_batch, encode_structures
 from agedi_jax.generate import make_sampler
 from agedi_jax.symmetry import layer_group

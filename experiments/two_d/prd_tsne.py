@@ -18,19 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from c2db_fix import load_c2db_repaired  # noqa: E402
-from guided_sampling import layer_groups, sample_templates, validity_summary  # noqa: E402
-
-from agedi_jax.evaluation import (  # noqa: E402
+from agedi_jax.checkpoint import load_model
+from agedi_jax.data import load_c2db_csv
+from agedi_jax.evaluation import (
     baseline_label,
     compute_prd_from_embedding,
     noised_baseline,
@@ -41,9 +36,12 @@ from agedi_jax.evaluation import (  # noqa: E402
     species_of,
     tsne_map,
 )
-from agedi_jax.checkpoint import load_model  # noqa: E402
-
-SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
+from experiments.common import data_path
+from experiments.two_d.guided_sampling import (
+    layer_groups,
+    sample_templates,
+    validity_summary,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -51,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--data", default=SHARED + "/c2db/train.csv")
+    ap.add_argument("--data", default=data_path("c2db/train.csv"))
     ap.add_argument("--num-templates", type=int, default=1000)
     ap.add_argument("--w", type=float, default=1.0, help="guidance weight of the samples")
     ap.add_argument("--steps", type=int, default=100)
@@ -71,7 +69,7 @@ def main(argv=None) -> int:
     tag = args.tag or f"{args.features}"
 
     t_all = time.perf_counter()
-    train = load_c2db_repaired(args.data)
+    train = load_c2db_csv(args.data)
     ref = list(train.structures)
     rng = np.random.default_rng(args.seed)
     idx = np.sort(rng.choice(len(ref), size=min(args.num_templates, len(ref)), replace=False))

@@ -14,22 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from c2db_fix import load_c2db_repaired  # noqa: E402
-from guided_sampling import layer_groups, sample_templates, validity_summary  # noqa: E402
-
-from agedi_jax.checkpoint import load_model  # noqa: E402
-
-SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
+from agedi_jax.checkpoint import load_model
+from agedi_jax.data import load_c2db_csv
+from experiments.common import data_path
+from experiments.two_d.guided_sampling import (
+    layer_groups,
+    sample_templates,
+    validity_summary,
+)
 
 HERE = Path(__file__).resolve().parent
 P3M1, P6M2 = 72, 78
@@ -118,7 +116,7 @@ def part_mx2(model, params, train, weights, steps, seed, grid="uniform") -> dict
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--data", default=SHARED + "/c2db/train.csv")
+    ap.add_argument("--data", default=data_path("c2db/train.csv"))
     ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0, 3.0])
     ap.add_argument("--copies", type=int, default=64)
     ap.add_argument("--steps", type=int, default=100)
@@ -128,7 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "snbr2.json")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    train = load_c2db_repaired(args.data)
+    train = load_c2db_csv(args.data)
     model, params, _ = load_model(args.checkpoint)
     res = dict(checkpoint=str(args.checkpoint), steps=args.steps, grid=args.grid, seed=args.seed, weights=args.weights)
     res["snbr2"] = part_snbr2(model, params, train, args.weights, args.copies, args.steps, args.seed, args.grid)

@@ -11,7 +11,7 @@ smaller ``t0``, at least 5) and the final Tweedie step. The layer group (spglib,
 symmetric arrangements recovers them from small noise; where the recovery falls to the
 prior's value the model no longer knows the registry.
 
-    python experiments/two_d/symmetry_recovery.py experiments/two_d/runs/cpu \\
+    python -m experiments.two_d.symmetry_recovery experiments/two_d/runs/cpu \\
         --out experiments/two_d/results/cpu/symmetry_recovery.json
 """
 
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -28,17 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from c2db_fix import load_c2db_repaired  # noqa: E402
-from guided_sampling import layer_groups, schedule_inverse  # noqa: E402
-
-from agedi_jax import samplers, sde as S  # noqa: E402
-from agedi_jax.convert import atoms_from_batch, batch_from_atoms  # noqa: E402
+from agedi_jax import samplers
+from agedi_jax import sde as S
 from agedi_jax.checkpoint import load_model
-from agedi_jax.generate import make_step  # noqa: E402
-
-SHARED = os.environ.get("AGEDI_JAX_DATA", "../shared/data")  # the shared data (run from the repository root)
+from agedi_jax.convert import atoms_from_batch, batch_from_atoms
+from agedi_jax.data import load_c2db_csv
+from agedi_jax.samplers import make_step
+from experiments.common import data_path
+from experiments.two_d.guided_sampling import layer_groups, schedule_inverse
 
 STDS = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -46,7 +41,7 @@ STDS = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--data", default=SHARED + "/c2db/val.csv")
+    ap.add_argument("--data", default=data_path("c2db/val.csv"))
     ap.add_argument("--num", type=int, default=96, help="first NUM structures (one batch)")
     ap.add_argument("--stds", type=float, nargs="+", default=list(STDS), help="kernel stds (Å); the prior is added")
     ap.add_argument("--times", type=float, nargs="+", default=None, help="times t0 instead of --stds")
@@ -56,12 +51,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     model, params, cfg = load_model(args.checkpoint)
-    data = load_c2db_repaired(args.data)
+    data = load_c2db_csv(args.data)
     keep = [i for i in range(len(data)) if int(data.labels[i]) > 0][: args.num]
     atoms = [data.structures[i] for i in keep]
     labels = np.asarray([int(data.labels[i]) for i in keep])
     batch = jax.tree.map(jnp.asarray, batch_from_atoms(atoms, model.vocab, cfg.model.cutoff, labels=labels))
-    step = make_step(model, cfg)
+    step = make_step(model.sde, model.process, cfg.sample)
     final = samplers.finalize(model.sde)
     score_fn = model.score_fn(params)
     t_eps = cfg.process.t_eps

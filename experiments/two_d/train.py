@@ -2,10 +2,10 @@
 
 Same arguments as ``agedi-jax train`` (``--preset``, ``--set section.field=value``, ``--out``,
 ``--restart``); the data are ``data.dataset`` loaded with
-:func:`c2db_fix.load_c2db_repaired` (``--raw-positions``: the CSV as the package reads it).
+:func:`agedi_jax.data.load_c2db_csv` (which repairs them by default; ``--raw-positions``: the CSV as written).
 Rerunning the same command resumes from ``OUT/checkpoints/latest``.
 
-    nohup python experiments/two_d/train.py --preset c2db \
+    nohup python -m experiments.two_d.train --preset c2db \
         --set data.dataset=../shared/data/c2db/train.csv --set model.network=painn \
         --set train.steps=16000 --out experiments/two_d/runs/cpu > train.log 2>&1 &
 """
@@ -13,19 +13,14 @@ Rerunning the same command resumes from ``OUT/checkpoints/latest``.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-
-import numpy as np
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
 
-from c2db_fix import load_c2db_repaired  # noqa: E402
-
-from agedi_jax.config import PRESETS, override, preset  # noqa: E402
-from agedi_jax.data import load_c2db_csv  # noqa: E402
-from agedi_jax.train import fit, resolve_data_spec  # noqa: E402
+from agedi_jax.config import PRESETS, override, preset
+from agedi_jax.data import load_c2db_csv, resolve_data_spec
+from agedi_jax.train import fit
 
 
 def budget_steps(cfg, args, dataset, t_start: float):
@@ -70,7 +65,7 @@ def main(argv=None) -> int:
     cfg = override(preset(args.preset), args.overrides)
     path = resolve_data_spec(cfg.data.dataset)
     t0 = time.perf_counter()
-    dataset = load_c2db_csv(path) if args.raw_positions else load_c2db_repaired(path)
+    dataset = load_c2db_csv(path, repair_positions=not args.raw_positions)
     print(f"loaded {len(dataset)} structures from {path} ({'raw' if args.raw_positions else 'repaired'} "
           f"positions) in {time.perf_counter() - t0:.1f} s", flush=True)
     t0 = time.perf_counter()

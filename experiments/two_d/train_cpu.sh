@@ -3,7 +3,7 @@
 # shared CPU cores); rerun to resume. The c2db preset's schedule is now geometric: see
 # train_cpu_geo.sh.
 cd "$(dirname "$0")/../.." || exit 1
-exec python experiments/two_d/train.py --preset c2db \
+exec python -m experiments.two_d.train --preset c2db \
   --set data.dataset=${AGEDI_JAX_DATA:-../shared/data}/c2db/train.csv --set data.val_fraction=0.05 \
   --set process.schedule=linear \
   --set model.network=painn --set model.features=64 --set model.num_layers=3 --set model.cutoff=5.0 \

@@ -4,7 +4,7 @@
 # 0.01–0.5 Å range gets 63 % of the samples instead of 10 %) and a
 # wall-time budget of 90 min instead of a step count. Rerun the same command to resume.
 cd "$(dirname "$0")/../.." || exit 1
-exec python experiments/two_d/train.py --preset c2db \
+exec python -m experiments.two_d.train --preset c2db \
   --set data.dataset=${AGEDI_JAX_DATA:-../shared/data}/c2db/train.csv --set data.val_fraction=0.05 \
   --set process.schedule=geometric \
   --set model.network=painn --set model.features=64 --set model.num_layers=3 --set model.cutoff=5.0 \

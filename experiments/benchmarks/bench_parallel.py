@@ -4,7 +4,7 @@ Trains the quick-start joint model on rattled 13-atom Cu/Pt icosahedra and print
 plain single-device step on the union batch and for the data-parallel step on meshes of
 1 and D devices: compile time, median step time, structures per second, and the loss
 difference to the single-device step (the correctness check). Then samples the same
-structures with ``sample_atoms`` and ``sample_sharded``.
+structures with ``sample_atoms`` on one device and with ``mesh=``.
 
 On a CPU the devices are fake (``--cpu-devices D`` sets
 ``XLA_FLAGS=--xla_force_host_platform_device_count=D``): they share the same cores, so the

@@ -9,8 +9,11 @@ Layout of a run directory ``RUN/checkpoints/``::
 
 A checkpoint is written into a temporary sibling directory and moved into place with
 ``os.replace``-style renames, so an interrupted write never leaves a half-written
-``latest``; a checkpoint that is unreadable, incomplete or from another configuration
-raises :class:`CheckpointError` naming the problem.
+``latest``. ``meta.json`` records the SHA-256 of every file of ``state/``; they are checked
+before anything is restored, so a truncated or altered file (a flipped byte on disk, a bad
+copy) raises :class:`CheckpointIntegrityError` naming the file, as does a checkpoint that
+is unreadable, incomplete or from another configuration (:class:`CheckpointError`).
+Restored parameters must also be finite.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jax
+import numpy as np
 
 from agedi_jax import __version__
 from agedi_jax.config import Config, config_hash
@@ -31,6 +35,9 @@ from agedi_jax.vocab import TypeVocab
 
 __all__ = [
     "CheckpointError",
+    "CheckpointIntegrityError",
+    "file_digests",
+    "verify_checkpoint",
     "save_checkpoint",
     "read_meta",
     "load_config_and_vocab",
@@ -43,6 +50,52 @@ __all__ = [
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or does not match the configuration."""
+
+
+class CheckpointIntegrityError(CheckpointError):
+    """A file of a checkpoint does not have the content recorded when it was written."""
+
+
+def file_digests(directory: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file below ``directory`` (sorted)."""
+    import hashlib
+
+    out = {}
+    for f in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        out[f.relative_to(directory).as_posix()] = h.hexdigest()
+    return out
+
+
+def verify_checkpoint(directory: str | os.PathLike, meta: dict | None = None) -> bool:
+    """Check the files of ``directory/state`` against the digests in ``meta.json``.
+
+    Returns True when verified, False for a checkpoint written before digests were
+    recorded (nothing to check against); raises :class:`CheckpointIntegrityError` naming
+    the first missing, extra or altered file."""
+    directory = Path(directory)
+    meta = read_meta(directory) if meta is None else meta
+    recorded = meta.get("files")
+    if not recorded:
+        return False
+    found = file_digests(directory / "state")
+    for name, digest in recorded.items():
+        path = directory / "state" / name
+        if name not in found:
+            raise CheckpointIntegrityError(f"checkpoint {directory}: file {path} is missing")
+        if found[name] != digest:
+            raise CheckpointIntegrityError(
+                f"checkpoint {directory}: file {path} is corrupt (its SHA-256 differs from the one "
+                "recorded when the checkpoint was written); use another checkpoint (best / latest) "
+                "or restore the file"
+            )
+    extra = sorted(set(found) - set(recorded))
+    if extra:
+        raise CheckpointIntegrityError(f"checkpoint {directory}: unexpected file(s) in state/: {extra[:5]}")
+    return True
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -74,6 +127,9 @@ def save_checkpoint(
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(tmp / "state", state)
     checkpointer.wait_until_finished()
+    marker = tmp / "state" / "commit_success.txt"
+    if marker.is_file():  # orbax writes the absolute temporary path there; keep files portable
+        marker.write_text("Checkpoint commit was successful.")
     meta = {
         "format": "agedi_jax-checkpoint-1",
         "version": __version__,
@@ -82,6 +138,7 @@ def save_checkpoint(
         "config_hash": config_hash(config),
         "vocab": vocab.to_dict(),
         "extra": extra or {},
+        "files": file_digests(tmp / "state"),
     }
     _write_json_atomic(tmp / "meta.json", meta)
     trash = directory.with_name(f".{directory.name}.{uuid.uuid4().hex}.old")
@@ -140,24 +197,52 @@ def check_compatible(saved: Config, current: Config, what: str = "checkpoint") -
 
 def restore_state(directory: str | os.PathLike, target: Any) -> Any:
     """Restore the state saved in ``directory`` into the structure of ``target`` (a pytree
-    of arrays with the expected shapes and dtypes, e.g. a freshly initialised state)."""
+    of arrays with the expected shapes and dtypes, e.g. a freshly initialised state).
+
+    The files are verified against their recorded digests first (:func:`verify_checkpoint`;
+    checkpoints written before digests were recorded are restored with a warning), and
+    every restored floating-point value must be finite."""
+    import warnings
+
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
-    read_meta(directory)
+    meta = read_meta(directory)
+    if not verify_checkpoint(directory, meta):
+        warnings.warn(
+            f"checkpoint {directory} records no file digests (written by an older version): "
+            "its integrity cannot be checked",
+            stacklevel=2,
+        )
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     try:
-        restored = ocp.StandardCheckpointer().restore(directory / "state", abstract)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # orbax warns about sharding metadata on CPU
+            restored = ocp.StandardCheckpointer().restore(directory / "state", abstract)
     except Exception as err:  # orbax raises many types for corrupt / mismatched trees
-        msg = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
         raise CheckpointError(
             f"checkpoint {directory} could not be restored into the model's state "
-            f"(corrupt files or parameters of another shape): {msg}"
+            f"(corrupt files or parameters of another shape): {_first_line(err)}"
         ) from None
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(abstract)):
         if tuple(a.shape) != tuple(b.shape):
             raise CheckpointError(f"checkpoint {directory}: parameter of shape {a.shape}, model expects {b.shape}")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(restored)[0]:
+        arr = np.asarray(leaf)
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            name = jax.tree_util.keystr(path)
+            raise CheckpointIntegrityError(f"checkpoint {directory}: non-finite values in {name}")
     return restored
+
+
+def _first_line(err: Exception, limit: int = 240) -> str:
+    """The first sentence-like part of an exception message, without library dumps."""
+    text = str(err).strip() or type(err).__name__
+    line = text.splitlines()[0]
+    for cut in (" [source locations", " === Source Location", "; Source location", " tensorstore_spec"):
+        if cut in line:
+            line = line.split(cut)[0]
+    return line[:limit] + ("…" if len(line) > limit else "")
 
 
 # --------------------------------------------------------------------------------------

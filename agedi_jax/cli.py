@@ -32,7 +32,7 @@ def _resolve_config(args: argparse.Namespace):
 
     if args.config is not None:
         if not args.config.is_file():
-            raise SystemExit(f"error: config file {args.config} does not exist")
+            raise FileNotFoundError(f"config file {args.config} does not exist")
         cfg = Config.from_json(args.config.read_text())
     else:
         cfg = preset(args.preset)
@@ -40,10 +40,14 @@ def _resolve_config(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from agedi_jax.train import fit
+    from agedi_jax.train import TrainingInterrupted, fit
 
     cfg = _resolve_config(args)
-    result = fit(cfg, args.out, resume=not args.restart, progress=not args.quiet)
+    try:
+        result = fit(cfg, args.out, resume=not args.restart, progress=not args.quiet)
+    except TrainingInterrupted as stop:
+        print(f"agedi-jax train: {stop}; run the same command again to resume", file=sys.stderr)
+        return 128 + stop.signum
     print(f"run directory: {result.run_dir}")
     print(f"  checkpoints: {result.run_dir / 'checkpoints'} (latest, best)")
     print(f"  metrics:     {result.run_dir / 'metrics.jsonl'}")
@@ -64,15 +68,19 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from agedi_jax.checkpoint import load_model
     from agedi_jax.generate import sample_atoms
     from agedi_jax.results import write_extxyz
+    from agedi_jax.runlog import check_writable
 
+    if args.num is not None and args.num < 1:
+        raise ValueError(f"--num must be >= 1, got {args.num}")
+    check_writable(args.out, "output file")  # before loading or sampling anything
+    template = None
+    if args.template:
+        from agedi_jax.data import load_ase_file
+
+        template = load_ase_file(args.template).structures
     model, params, cfg = load_model(args.checkpoint, overrides=args.overrides, use_ema=not args.no_ema)
     n_atoms = [int(x) for x in args.n_atoms.split(",")] if args.n_atoms else None
     compositions = args.composition.split(",") if args.composition else None
-    template = None
-    if args.template:
-        from ase.io import read
-
-        template = read(args.template, ":")
     structures = sample_atoms(
         model,
         params,
@@ -83,6 +91,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         label=args.label,
         guidance=args.guidance,
         interpolate=_parse_interpolate(args.interpolate),
+        sampler=args.sampler,
+        steps=args.steps,
+        grid=args.grid,
+        seed=args.seed,
+        batch_size=args.batch_size,
         progress=not args.quiet,
     )
     path = write_extxyz(args.out, structures, model.config)
@@ -106,7 +119,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_data(args: argparse.Namespace) -> int:
     from agedi_jax.data import summary_main
 
-    return int(summary_main([*args.specs, *(["--validate"] if args.validate else [])]) or 0)
+    status = int(summary_main([*args.specs, *(["--validate"] if args.validate else [])]) or 0)
+    return 2 if status else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", type=int, default=None, help="condition label (e.g. layer group)")
     p.add_argument("--guidance", type=float, default=None, help="guidance weight w (1 = conditional)")
     p.add_argument("--interpolate", default=None, help="type interpolation between two elements, e.g. Pt:Cu")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: sample.seed of the checkpoint)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: sample.steps of the checkpoint)")
+    p.add_argument("--sampler", default=None, help="position sampler: em | pc | ode (default: the checkpoint's)")
+    p.add_argument("--grid", default=None, help="time grid: uniform | quadratic | log (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=None, help="structures per compiled batch")
     p.add_argument("--no-ema", action="store_true", help="use the raw parameters instead of the EMA")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="sample.FIELD=VALUE")
     p.add_argument("--quiet", action="store_true")
@@ -180,20 +199,23 @@ def enable_compile_cache() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status: 0 success, 2 for anything the user
+    can fix (bad input, missing or corrupt files, unwritable outputs, a run directory in
+    use), 128 + signal number when training was interrupted (after saving)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     enable_compile_cache()
+    from agedi_jax.batch import StructureError
+    from agedi_jax.checkpoint import CheckpointError
+    from agedi_jax.runlog import RunInUseError
+
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, KeyError, OSError, CheckpointError, StructureError, RunInUseError) as err:
         # Known user errors get one clear line, not a traceback.
-        from agedi_jax.batch import StructureError
-        from agedi_jax.checkpoint import CheckpointError
-
-        if isinstance(err, (ValueError, KeyError, FileNotFoundError, CheckpointError, StructureError)):
-            print(f"agedi-jax {args.command}: error: {err}", file=sys.stderr)
-            return 2
-        raise
+        text = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"agedi-jax {args.command}: error: {text}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

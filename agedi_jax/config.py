@@ -88,7 +88,8 @@ class DataConfig:
 
     Attributes:
       dataset: a spec for :func:`agedi_jax.data.load_dataset` ("builtin", a QCD directory,
-        "qcd:PATH:gm", a C2DB csv / ase db, an extxyz file).
+        "qcd:PATH:gm", a C2DB csv / ase db, a bulk CSV, an extxyz file); a path inside the
+        shared data directory is written ``$AGEDI_JAX_DATA/...`` (training stores it so).
       subset: optional subset name passed to the loader (QCD: "gm", "de200").
       max_atoms: the configured padding: the largest structure a model accepts.
       val_fraction: fraction of structures held out for validation.
@@ -221,6 +222,8 @@ class TrainConfig:
       label_dropout: probability of replacing the label by the null label (CFG).
       seed: training seed (initialisation, batches, noise).
       log_every, val_every, checkpoint_every: intervals in steps.
+      checkpoint_minutes: also save ``checkpoints/latest`` after this much wall time since
+        the last save (0 = only by steps), so an interrupted run loses little.
       val_batches: validation batches per evaluation.
     """
 
@@ -239,6 +242,7 @@ class TrainConfig:
     log_every: int = 50
     val_every: int = 250
     checkpoint_every: int = 500
+    checkpoint_minutes: float = 5.0
     val_batches: int = 4
 
 
@@ -519,7 +523,7 @@ def preset(name: str) -> Config:
     if name in ("qcd_gm", "qcd_de200"):
         return Config(
             name=name,
-            data=DataConfig(dataset="../shared/data/qcd_gap_relaxed", subset=name.split("_")[1],
+            data=DataConfig(dataset="$AGEDI_JAX_DATA/qcd_gap_relaxed", subset=name.split("_")[1],
                             max_atoms=29 if name == "qcd_gm" else 55),
             model=ModelConfig(network="nequip", features=64, vector_features=32, num_layers=3, cutoff=6.0),
             process=ProcessConfig(sde="ve", schedule="linear", sigma_min=0.01, sigma_max=10.0),
@@ -529,7 +533,7 @@ def preset(name: str) -> Config:
     if name == "c2db":
         return Config(
             name="c2db",
-            data=DataConfig(dataset="../shared/data/c2db/train.csv", max_atoms=20, label="layer_group"),
+            data=DataConfig(dataset="$AGEDI_JAX_DATA/c2db/train.csv", max_atoms=20, label="layer_group"),
             model=ModelConfig(network="nequip", features=64, vector_features=32, num_layers=3, cutoff=5.0,
                               num_labels=80, types=False),
             process=ProcessConfig(sde="ve", schedule="geometric", sigma_min=0.01, sigma_max=5.0),

@@ -41,6 +41,7 @@ from agedi_jax.sde import check_batch
 from agedi_jax.vocab import MASK
 
 __all__ = [
+    "CompiledSampler",
     "make_templates",
     "SampleRequest",
     "prepare_request",
@@ -77,6 +78,8 @@ def make_templates(
     ``sample.batch_size`` per size or composition)."""
     from ase import Atoms
 
+    if num_samples is not None and (not isinstance(num_samples, (int, np.integer)) or num_samples < 1):
+        raise ValueError(f"num_samples must be a whole number >= 1, got {num_samples!r}")
     sizes = [int(x) for x in _as_list(n_atoms)]
     formulas = [str(x) for x in _as_list(compositions)]
     tmpl = _as_list(templates)
@@ -92,7 +95,7 @@ def make_templates(
             raise ValueError(
                 "this model does not generate atomic types (model.types is off): give compositions or templates"
             )
-        reps = num_samples or model.config.sample.batch_size
+        reps = model.config.sample.batch_size if num_samples is None else int(num_samples)
         for n in sizes:
             if n < 1:
                 raise ValueError(f"n_atoms must be >= 1, got {n}")
@@ -103,7 +106,7 @@ def make_templates(
             out += [Atoms([placeholder] * n, positions=np.zeros((n, 3))) for _ in range(reps)]
             gen += [True] * reps
     elif formulas:
-        reps = num_samples or model.config.sample.batch_size
+        reps = model.config.sample.batch_size if num_samples is None else int(num_samples)
         for f in formulas:
             try:
                 atoms = Atoms(f)
@@ -112,7 +115,7 @@ def make_templates(
             out += [atoms.copy() for _ in range(reps)]
             gen += [False] * reps
     else:
-        reps = num_samples or 1
+        reps = 1 if num_samples is None else int(num_samples)
         for a in tmpl:
             out += [a.copy() for _ in range(reps)]
             gen += [bool(generate_types) and model.config.model.types] * reps
@@ -126,6 +129,42 @@ def make_templates(
 # --------------------------------------------------------------------------------------
 
 
+class CompiledSampler(NamedTuple):
+    """The compiled reverse diffusion of a model, in three jitted pieces so that a long
+    sample can report its progress between chunks of steps without any host callback
+    inside the loop (the chunks give exactly the numbers of one uninterrupted loop):
+
+    * ``start(params, key, template, generate_types[g], w) -> state`` — the prior
+      (positions, MASK for generated types);
+    * ``advance(params, key, state, i0, i1, w) -> state`` — steps ``i0 .. i1 − 1`` of the
+      time grid (traced bounds: every chunk shares one compilation);
+    * ``finish(params, key, state, w) -> state`` — resolve MASKs, Tweedie denoising.
+
+    With a mesh, ``template``, ``generate_types`` and ``state`` are stacked over its
+    devices. Calling the object runs all three."""
+
+    start: Any
+    advance: Any
+    finish: Any
+    num_steps: int
+
+    def chunks(self, size: int | None = None) -> list[tuple[int, int]]:
+        """``[(i0, i1), ...]`` covering the grid in chunks of ``size`` steps (default: about
+        twenty chunks)."""
+        size = size or max(1, -(-self.num_steps // 20))
+        return [(i, min(i + size, self.num_steps)) for i in range(0, self.num_steps, size)]
+
+    def __call__(self, params, key, template, generate_types, w, *, on_chunk=None, chunk: int | None = None):
+        w = jnp.float32(w)
+        state = self.start(params, key, template, generate_types, w)
+        for i0, i1 in self.chunks(chunk):
+            state = self.advance(params, key, state, jnp.int32(i0), jnp.int32(i1), w)
+            if on_chunk is not None:
+                jax.block_until_ready(state.positions)
+                on_chunk(i1 - i0)
+        return self.finish(params, key, state, w)
+
+
 def make_sampler(
     model: DiffusionModel,
     *,
@@ -133,15 +172,13 @@ def make_sampler(
     interpolate: tuple[int, int] | None = None,
     config: Config | None = None,
     mesh: Any = None,
-):
-    """A jitted ``run(params, key, template_batch, generate_types[g], w) -> AtomsBatch`` for
-    the configured sampler: prior → ``lax.scan`` over the time grid → final step (resolve
-    MASK, Tweedie denoising). With ``guided`` the score is classifier-free guided with the
-    weight ``w`` (a traced scalar: every w shares one compilation). With a ``mesh`` the
-    template and ``generate_types`` are stacked (a leading shard axis over its devices) and
-    every device samples its shards with the same key (randomness is keyed by global graph
-    slot). Cached per (model, guided, interpolation, sampler settings, mesh): compiles once
-    per bucket."""
+) -> CompiledSampler:
+    """The :class:`CompiledSampler` of the configured sampler: prior → the steps of the
+    time grid → final step (resolve MASK, Tweedie denoising). With ``guided`` the score is
+    classifier-free guided with the weight ``w`` (a traced scalar: every w shares one
+    compilation). With a ``mesh`` every device samples its shards with the same key
+    (randomness is keyed by global graph slot). Cached per (model, guided, interpolation,
+    sampler settings, mesh): compiles once per bucket."""
     cfg = config or model.config
     # the seed and batch size do not change the compiled code (the bucket is a jit shape)
     sample_key = dataclasses.replace(cfg.sample, seed=0, batch_size=1)
@@ -151,39 +188,50 @@ def make_sampler(
     )
 
 
-def _build_sampler(model: DiffusionModel, guided: bool, interpolate, cfg: Config, mesh: Any):
+def _build_sampler(model: DiffusionModel, guided: bool, interpolate, cfg: Config, mesh: Any) -> CompiledSampler:
     step = samplers.make_step(model.sde, model.process, cfg.sample)
     grid = samplers.time_grid(cfg.sample.steps, cfg.process.t_eps, cfg.sample.grid)
     final = samplers.finalize(model.sde if cfg.sample.denoise else None, resolve_types=model.process is not None)
 
-    def run(params, key, template: AtomsBatch, generate_types: jax.Array, w: jax.Array) -> AtomsBatch:
+    def score(params, w):
         score_fn = model.score_fn(params)
         if interpolate is not None:
             score_fn = samplers.interpolated(score_fn, interpolate[0], interpolate[1], model.num_types)
         if guided:
             score_fn = samplers.guided(score_fn, w)
+        return score_fn
+
+    def start(params, key, template: AtomsBatch, generate_types: jax.Array, w: jax.Array) -> AtomsBatch:
         state = samplers.prior_state(jax.random.fold_in(key, 0), template, model.sde, mask_types=False)
         free = jnp.asarray(state.node_mask) & ~jnp.asarray(state.fixed)
         types = jnp.where(free & generate_types[state.graph_index], MASK, state.types)
-        state = state._replace(types=types.astype(state.types.dtype))
-        return samplers.sample(jax.random.fold_in(key, 1), state, score_fn, step, grid, final)
+        return samplers.sample_start(state._replace(types=types.astype(state.types.dtype)), step)
 
-    if mesh is None:
-        return jax.jit(run)
+    def advance(params, key, state: AtomsBatch, i0, i1, w) -> AtomsBatch:
+        return samplers.sample_steps(jax.random.fold_in(key, 1), state, score(params, w), step, grid, i0, i1)
+
+    def finish(params, key, state: AtomsBatch, w) -> AtomsBatch:
+        return samplers.sample_finish(jax.random.fold_in(key, 1), state, score(params, w), grid, final)
+
+    if mesh is not None:
+        from agedi_jax import parallel
+
+        start = _checked(parallel.shard_parallel(start, mesh, stacked=(False, False, True, True, False)), mesh, 2)
+        advance = _checked(parallel.shard_parallel(advance, mesh, stacked=(False, False, True, False, False, False)),
+                           mesh, 2)
+        finish = _checked(parallel.shard_parallel(finish, mesh, stacked=(False, False, True, False)), mesh, 2)
+    return CompiledSampler(jax.jit(start), jax.jit(advance), jax.jit(finish), cfg.sample.steps)
+
+
+def _checked(fn, mesh: Any, index: int):
+    """``fn`` with a check that its argument ``index`` is a stacked batch for ``mesh``."""
     from agedi_jax import parallel
 
-    sharded = parallel.shard_parallel(run, mesh, stacked=(False, False, True, True, False))
+    def wrapped(*args):
+        parallel.check_stacked(args[index], mesh, "sharded sampler")
+        return fn(*args)
 
-    def run_sharded(params, key, template: AtomsBatch, generate_types: jax.Array, w: jax.Array) -> AtomsBatch:
-        parallel.check_stacked(template, mesh, "sharded sampler")
-        if tuple(generate_types.shape) != tuple(template.cell.shape[:2]):
-            raise ValueError(
-                f"sharded sampler: generate_types of shape {tuple(generate_types.shape)}, "
-                f"expected {tuple(template.cell.shape[:2])} (shards, graph slots)"
-            )
-        return sharded(params, key, template, generate_types, jnp.asarray(w, jnp.float32))
-
-    return jax.jit(run_sharded)
+    return wrapped
 
 
 # --------------------------------------------------------------------------------------
@@ -206,6 +254,7 @@ def sample_atoms(
     sampler: str | None = None,
     type_sampler: str | None = None,
     steps: int | None = None,
+    grid: str | None = None,
     seed: int | None = None,
     batch_size: int | None = None,
     progress: bool = False,
@@ -213,19 +262,21 @@ def sample_atoms(
     shards_per_device: int = 1,
 ) -> list:
     """Generate structures; returns ``list[ase.Atoms]`` (info: seed, label, guidance,
-    interpolation, sampler, steps, config hash, index).
+    interpolation, sampler, steps, grid, config hash, index).
 
     Args:
       model, params: from :func:`agedi_jax.checkpoint.load_model` or training.
       n_atoms / compositions / templates: what to generate (module docstring).
-      num_samples: copies per size / composition / template.
+      num_samples: copies per size / composition / template (≥ 1).
       generate_types: for templates, generate the free atoms' types (default: keep them).
       label: condition label(s) per structure (e.g. layer group); None = the template's
         ``info['label']`` if present, else unconditional (null label).
-      guidance: CFG weight w (Eq. 19); default ``sample.guidance``. Only used with labels.
+      guidance: CFG weight w (Eq. 19); default ``sample.guidance``. Only used with labels;
+        w = 1 (conditional) and w = 0 (unconditional) cost one network call per step,
+        any other w two.
       interpolate: two element symbols, e.g. ``("Pt", "Cu")`` (Eq. 20).
-      sampler, type_sampler, steps, seed, batch_size: override the ``sample`` config.
-      progress: show a progress bar.
+      sampler, type_sampler, steps, grid, seed, batch_size: override the ``sample`` config.
+      progress: show a progress bar over the sampler's steps (after a "compiling…" line).
       mesh: a device mesh (:func:`agedi_jax.parallel.make_mesh`): every batch is split
         into ``mesh.size × shards_per_device`` contiguous shards, one block per device
         (a shard may be empty), all in one bucket. Same ``seed`` and ``batch_size`` give
@@ -234,7 +285,7 @@ def sample_atoms(
     req = prepare_request(
         model, n_atoms=n_atoms, compositions=compositions, templates=templates, num_samples=num_samples,
         generate_types=generate_types, label=label, guidance=guidance, interpolate=interpolate,
-        sampler=sampler, type_sampler=type_sampler, steps=steps, seed=seed, batch_size=batch_size,
+        sampler=sampler, type_sampler=type_sampler, steps=steps, grid=grid, seed=seed, batch_size=batch_size,
     )
     s = req.config.sample
     n = len(req.structures)
@@ -245,27 +296,65 @@ def sample_atoms(
     else:
         run_batch = _data_parallel(model, req, batches, mesh, shards_per_device)
     root = jax.random.PRNGKey(s.seed)
+    report = _SampleProgress(progress, len(batches) * s.steps, n)
     out: list = []
-    it = batches
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(batches, desc="sample", unit="batch", dynamic_ncols=True)
-    for bi, idx in enumerate(it):
-        out += run_batch(params, jax.random.fold_in(root, bi), idx)
+    for bi, idx in enumerate(batches):
+        out += run_batch(params, jax.random.fold_in(root, bi), idx, report)
+    report.close()
     return out
+
+
+class _SampleProgress:
+    """"compiling the sampler… X s", then a bar over all sampler steps of all batches."""
+
+    def __init__(self, enabled: bool, total_steps: int, num: int):
+        self.enabled, self.total, self.num = enabled, total_steps, num
+        self.bar = None
+        self.done = 0
+        self.t0 = None
+
+    def __call__(self, steps: int) -> None:
+        if not self.enabled:
+            return
+        import sys
+        import time
+
+        self.done += steps
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            print(f" {time.perf_counter() - self.t0:.1f} s (compilation and the first {self.done} steps)",
+                  file=sys.stderr, flush=True)
+            self.bar = tqdm(total=self.total, initial=self.done, unit="step", dynamic_ncols=True,
+                            desc=f"sample {self.num} structures")
+        else:
+            self.bar.update(steps)
+
+    def start(self) -> None:
+        if self.enabled and self.t0 is None:
+            import sys
+            import time
+
+            self.t0 = time.perf_counter()
+            print("compiling the sampler…", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _single_device(model: DiffusionModel, req: "SampleRequest", bucket: Bucket):
     run = make_sampler(model, guided=req.guided, interpolate=req.interpolate, config=req.config)
 
-    def run_batch(params, key, idx: list[int]) -> list:
+    def run_batch(params, key, idx: list[int], report: _SampleProgress) -> list:
         batch = collate([req.encoded[i] for i in idx], bucket)
         if model.sde is not None:
             check_batch(model.sde, batch)  # VP on a periodic template: clear error, not NaN
         gen_mask = np.zeros(bucket.n_graph, bool)
         gen_mask[: len(idx)] = [req.generate[i] for i in idx]
-        result = run(params, key, batch, jnp.asarray(gen_mask), jnp.float32(req.w))
+        report.start()
+        result = run(params, key, batch, jnp.asarray(gen_mask), req.w, on_chunk=report if report.enabled else None)
         return req.to_atoms(model, jax.device_get(result), idx)
 
     return run_batch
@@ -290,7 +379,7 @@ def _data_parallel(model: DiffusionModel, req: "SampleRequest", batches: list, m
     mine = parallel.local_shards(mesh, num_shards)
     replicated: dict = {}
 
-    def run_batch(params, key, idx: list[int]) -> list:
+    def run_batch(params, key, idx: list[int], report: _SampleProgress) -> list:
         if "params" not in replicated:
             replicated["params"] = parallel.replicate(params, mesh)  # a no-op when they already are
         ps = parts[tuple(idx)]
@@ -301,10 +390,11 @@ def _data_parallel(model: DiffusionModel, req: "SampleRequest", batches: list, m
         gen_mask = np.zeros(bucket.n_graph, bool)
         gen_mask[: len(idx)] = [req.generate[i] for i in idx]
         gen_mask = np.broadcast_to(gen_mask, (len(mine), bucket.n_graph)).copy()
+        report.start()
         result = run(
             replicated["params"], key, parallel.shard_batch(stacked, mesh, num_shards),
             jax.make_array_from_process_local_data(parallel.data_sharding(mesh), gen_mask, (num_shards, bucket.n_graph)),
-            jnp.float32(req.w),
+            req.w, on_chunk=report if report.enabled else None,
         )
         out: list = []
         for shard, p in zip(parallel.unstack(parallel.fetch(result)), ps):
@@ -342,10 +432,11 @@ class SampleRequest(NamedTuple):
             "seed": s.seed,
             "index": i,
             "label": int(self.labels[i]),
-            "guidance": self.w if self.guided else (1.0 if int(self.labels[i]) else 0.0),
+            "guidance": self.w if int(self.labels[i]) else 0.0,
             "sampler": s.sampler,
             "type_sampler": s.type_sampler,
             "steps": s.steps,
+            "grid": s.grid,
             "config_hash": config_hash(model.config),  # the model; sampling settings are above
         }
         if self.interpolate_names is not None:
@@ -378,15 +469,15 @@ def prepare_request(
     sampler: str | None = None,
     type_sampler: str | None = None,
     steps: int | None = None,
+    grid: str | None = None,
     seed: int | None = None,
     batch_size: int | None = None,
 ) -> SampleRequest:
     """Validate a sampling request on the host (arguments of :func:`sample_atoms`)."""
-    updates = {
-        k: v
-        for k, v in dict(sampler=sampler, type_sampler=type_sampler, steps=steps, seed=seed, batch_size=batch_size).items()
-        if v is not None
-    }
+    if num_samples is not None and (not isinstance(num_samples, (int, np.integer)) or num_samples < 1):
+        raise ValueError(f"num_samples must be a whole number >= 1, got {num_samples!r}")
+    options = dict(sampler=sampler, type_sampler=type_sampler, steps=steps, grid=grid, seed=seed, batch_size=batch_size)
+    updates = {k: v for k, v in options.items() if v is not None}
     cfg = model.config
     if updates:
         from agedi_jax.config import replace
@@ -413,9 +504,13 @@ def prepare_request(
                 else f"label {lab} given but this model is unconditional (model.num_labels = 0)"
             )
     w = cfg.sample.guidance if guidance is None else float(guidance)
-    # Guidance needs labels; w = 1 (purely conditional) skips the second network call unless
-    # a weight was asked for explicitly.
-    guided = num_labels > 0 and any(labels) and (guidance is not None or w != 1.0)
+    if not np.isfinite(w):
+        raise ValueError(f"guidance weight must be a finite number, got {w}")
+    # Guidance needs labels. w = 1 is the conditional score and w = 0 the unconditional one
+    # (Eq. 19): one network call per step; any other w needs both calls.
+    conditional = num_labels > 0 and any(labels)
+    guided = conditional and w not in (0.0, 1.0)
+    net_labels = [0] * n if conditional and w == 0.0 else labels
     interp = names = None
     if interpolate is not None:
         if model.process is None:
@@ -423,5 +518,5 @@ def prepare_request(
         names = (str(interpolate[0]), str(interpolate[1]))
         interp = (model.vocab.index(names[0]), model.vocab.index(names[1]))
         gen = [True] * n
-    encoded = encode_structures(structures, model.vocab, cfg.model.cutoff, labels=labels, max_atoms=cfg.data.max_atoms)
+    encoded = encode_structures(structures, model.vocab, cfg.model.cutoff, labels=net_labels, max_atoms=cfg.data.max_atoms)
     return SampleRequest(cfg, structures, gen, labels, w, guided, interp, names, encoded)

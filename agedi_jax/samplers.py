@@ -96,6 +96,9 @@ __all__ = [
     "make_step",
     "time_grid",
     "sample",
+    "sample_start",
+    "sample_steps",
+    "sample_finish",
     "prior_state",
     "guided",
     "interpolated",
@@ -520,20 +523,50 @@ def sample(
         g = np.asarray(grid)
         if not (np.all(np.diff(g) < 0) and g.min() > 0 and g.max() <= 1):
             raise ValueError("sample: grid must be strictly decreasing inside (0, 1] (from the prior towards the data)")
-    if hasattr(step_fn, "validate"):
+    state = sample_start(state0, step_fn)
+    n_steps = grid.shape[0] - 1
+    state = sample_steps(key, state, score_fn, step_fn, grid, 0, n_steps)
+    return sample_finish(key, state, score_fn, grid, final_step)
+
+
+def sample_start(state0: AtomsBatch, step_fn=None) -> AtomsBatch:
+    """The sampling state as :func:`sample` starts from it: jax arrays, padding atoms at 0,
+    positions wrapped along periodic axes (after ``step_fn.validate``)."""
+    if step_fn is not None and hasattr(step_fn, "validate"):
         step_fn.validate(state0)
     state0 = jax.tree_util.tree_map(jnp.asarray, state0)
     x0 = jnp.asarray(state0.positions)
-    grid = grid.astype(x0.dtype)
     x0 = jnp.where(jnp.asarray(state0.node_mask, bool)[:, None], x0, 0.0)
-    state0 = state0._replace(positions=wrap_positions(state0, x0))
+    return state0._replace(positions=wrap_positions(state0, x0))
+
+
+def sample_steps(key: Array, state: AtomsBatch, score_fn: ScoreFn, step_fn, grid, start, stop) -> AtomsBatch:
+    """Steps ``start .. stop − 1`` of the grid (step ``i`` goes from ``grid[i]`` to
+    ``grid[i + 1]`` with key ``fold_in(key, i)``), so that running the chunks
+    ``[0, a), [a, b), …`` one after the other is :func:`sample`'s loop. Python-int bounds
+    give one ``lax.scan``; traced bounds one ``lax.while_loop`` (every chunk shares one
+    compilation: the progress of a long sample can be reported between chunks without a
+    host callback inside the loop)."""
+    grid = jnp.asarray(grid).astype(jnp.asarray(state.positions).dtype)
+    if isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer)):
+
+        def body(st, xs):
+            i, t, t_next = xs
+            return step_fn(jax.random.fold_in(key, i), st, t, t_next, score_fn), None
+
+        state, _ = jax.lax.scan(body, state, (jnp.arange(start, stop), grid[start:stop], grid[start + 1:stop + 1]))
+        return state
+
+    def loop(i, st):
+        return step_fn(jax.random.fold_in(key, i), st, grid[i], grid[i + 1], score_fn)
+
+    return jax.lax.fori_loop(start, stop, loop, state)
+
+
+def sample_finish(key: Array, state: AtomsBatch, score_fn: ScoreFn, grid, final_step=Finalize()) -> AtomsBatch:
+    """The final step of :func:`sample` at ``grid[-1]`` (key ``fold_in(key, N)``)."""
+    grid = jnp.asarray(grid).astype(jnp.asarray(state.positions).dtype)
     n_steps = grid.shape[0] - 1
-
-    def body(state, xs):
-        i, t, t_next = xs
-        return step_fn(jax.random.fold_in(key, i), state, t, t_next, score_fn), None
-
-    state, _ = jax.lax.scan(body, state0, (jnp.arange(n_steps), grid[:-1], grid[1:]))
     if final_step is not None:
         state = final_step(jax.random.fold_in(key, n_steps), state, grid[-1], score_fn)
     return state

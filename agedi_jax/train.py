@@ -11,6 +11,13 @@
 A run directory that already holds ``checkpoints/latest`` is resumed: batches and noise
 keys are pure functions of ``(seed, step)`` (:mod:`agedi_jax.batching`), so a run stopped
 and resumed ends with exactly the parameters of a run that never stopped.
+
+What an interruption keeps: ``latest`` is written every ``train.checkpoint_every`` steps,
+every ``train.checkpoint_minutes`` of wall time, at every validation, at the end, and when
+the process receives SIGINT (Ctrl-C) or SIGTERM (the step in flight finishes first, then
+:class:`TrainingInterrupted` is raised). A ``kill -9`` or a power cut loses at most the
+steps since the last of these. One training at a time may write to a run directory
+(:class:`~agedi_jax.runlog.RunLock`); its output location is checked before any work.
 """
 
 from __future__ import annotations
@@ -43,10 +50,64 @@ from agedi_jax.model import (
     make_eval_step,
     make_train_step,
 )
-from agedi_jax.runlog import MetricsLog, plot_losses, read_metrics
+from agedi_jax.runlog import (
+    MetricsLog,
+    RunLock,
+    check_writable,
+    plot_losses,
+    read_metrics,
+)
 from agedi_jax.vocab import TypeVocab
 
-__all__ = ["PreparedData", "TrainResult", "run_keys", "load_training_data", "prepare_data", "data_scale", "fit"]
+__all__ = [
+    "PreparedData",
+    "TrainResult",
+    "TrainingInterrupted",
+    "run_keys",
+    "load_training_data",
+    "prepare_data",
+    "data_scale",
+    "fit",
+]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT / SIGTERM after saving ``checkpoints/latest``; rerunning
+    the same command resumes. ``signum`` is the signal, ``step`` the step saved."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        super().__init__(f"interrupted by signal {signum} at step {step}; saved {checkpoint}")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+class _StopRequests:
+    """SIGINT / SIGTERM handlers that only set a flag (the loop saves and stops at the end
+    of the step in flight); the previous handlers come back on exit. Only in the main
+    thread (signals cannot be caught elsewhere)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> "_StopRequests":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 class PreparedData(NamedTuple):
@@ -212,10 +273,23 @@ def fit(
         batches then follow the new layout).
     """
     run_dir = Path(run_dir)
+    check_writable(run_dir, "run directory")  # before any work
+    data = prepare_data(config, dataset)  # errors here leave nothing behind
     run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        return _fit_locked(data, run_dir, resume=resume, progress=progress, stop_at=stop_at, mesh=mesh)
+
+
+def _fit_locked(data: PreparedData, run_dir: Path, *, resume: bool, progress: bool, stop_at: int | None,
+                mesh: Any) -> TrainResult:
+    from agedi_jax.data import portable_data_spec
+
     ckpt_dir = run_dir / "checkpoints"
-    data = prepare_data(config, dataset)
     config, vocab = data.config, data.vocab
+    try:  # store where the data are so that a clone elsewhere resolves it
+        config = replace(config, data={"dataset": portable_data_spec(config.data.dataset)})
+    except (OSError, ValueError):
+        pass
 
     latest = ckpt_dir / "latest"
     resumed_from = None
@@ -232,7 +306,7 @@ def fit(
     else:
         best_val = math.inf
 
-    (run_dir / "config.json").write_text(config.to_json())
+    _write_text_atomic(run_dir / "config.json", config.to_json())
     model = build_model(config, vocab)
     tcfg = config.train
     stream = BatchStream(data.train, tcfg.batch_size, seed=tcfg.seed)
@@ -260,11 +334,7 @@ def fit(
 
     start = int(state.step)
     end = tcfg.steps if stop_at is None else min(tcfg.steps, stop_at)
-    bar = None
-    if progress and end > start:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=end, initial=start, desc=f"train {config.name}", unit="step", dynamic_ncols=True)
+    say = _Reporter(progress)
 
     def validate(step: int) -> float | None:
         if not val_batches:
@@ -277,45 +347,113 @@ def fit(
         log.write({"step": step, "split": "val", **m})
         return m["loss"]
 
+    last_save = time.monotonic()
+
     def checkpoint(step: int, val_loss: float | None) -> None:
-        nonlocal best_val
+        nonlocal best_val, last_save
         extra = {"best_val": best_val, "config_hash": config_hash(config)}
         if val_loss is not None and val_loss < best_val:
             best_val = val_loss
             extra["best_val"] = best_val
             save_checkpoint(ckpt_dir / "best", state, config, vocab, step=step, extra=extra)
         save_checkpoint(ckpt_dir / "latest", state, config, vocab, step=step, extra=extra)
+        last_save = time.monotonic()
 
     pending: list = []
     t_last = time.perf_counter()
-    for step in range(start, end):
-        state, metrics = train_step(state, next_batch(step), jax.random.fold_in(step_key, step))
-        pending.append(metrics)
-        done = step + 1
-        if done % tcfg.log_every == 0 or done == end:
-            recs = jax.device_get(pending)
-            pending = []
-            m = _mean_metrics(recs)
-            if not all(math.isfinite(v) for v in m.values()):
-                raise FloatingPointError(f"non-finite training metrics at step {done}: {m}")
-            now = time.perf_counter()
-            rate = len(recs) / max(now - t_last, 1e-9)
-            t_last = now
-            log.write({"step": done, "split": "train", "lr": learning_rate(config, done),
-                       "steps_per_s": rate, **m})
-            if bar is not None:
-                bar.set_postfix(loss=f"{m['loss']:.4f}")
-        val_loss = validate(done) if (done % tcfg.val_every == 0 or done == end) else None
-        if done % tcfg.checkpoint_every == 0 or done == end or val_loss is not None:
-            checkpoint(done, val_loss)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    wall_every = 60.0 * tcfg.checkpoint_minutes
+    with _StopRequests() as stop:
+        for step in range(start, end):
+            first = step == start
+            if first:
+                say.start_compile("training step", start, end)
+            state, metrics = train_step(state, next_batch(step), jax.random.fold_in(step_key, step))
+            if first:
+                jax.block_until_ready(metrics)
+                say.compiled(start + 1, end, config.name)
+                t_last = time.perf_counter()
+            pending.append(metrics)
+            done = step + 1
+            if done % tcfg.log_every == 0 or done == end:
+                recs = jax.device_get(pending)
+                pending = []
+                m = _mean_metrics(recs)
+                if not all(math.isfinite(v) for v in m.values()):
+                    raise FloatingPointError(f"non-finite training metrics at step {done}: {m}")
+                now = time.perf_counter()
+                rate = len(recs) / max(now - t_last, 1e-9)
+                t_last = now
+                log.write({"step": done, "split": "train", "lr": learning_rate(config, done),
+                           "steps_per_s": rate, **m})
+                say.loss(m["loss"])
+            val_loss = validate(done) if (done % tcfg.val_every == 0 or done == end) else None
+            due = wall_every > 0 and time.monotonic() - last_save >= wall_every
+            if done % tcfg.checkpoint_every == 0 or done == end or val_loss is not None or due:
+                checkpoint(done, val_loss)
+            say.advance(done)
+            if stop.signum is not None and done < end:
+                if pending:
+                    pending = []
+                checkpoint(done, None)
+                say.close()
+                _plot(run_dir, config)
+                raise TrainingInterrupted(stop.signum, done, ckpt_dir / "latest")
+    say.close()
     if start == end and not latest.exists():
         checkpoint(start, validate(start))
+    records = _plot(run_dir, config)
+    return TrainResult(run_dir, model, state, records)
 
+
+def _plot(run_dir: Path, config: Config) -> list:
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     if records:
         plot_losses(records, run_dir / "loss.png", title=f"{config.name} ({config_hash(config)})")
-    return TrainResult(run_dir, model, state, records)
+    return records
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _Reporter:
+    """Progress of a training run on stderr: "compiling…" with its duration, then a tqdm
+    bar whose rate and ETA count only the steps after compilation."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        self.t0 = 0.0
+
+    def start_compile(self, what: str, start: int, end: int) -> None:
+        self.t0 = time.perf_counter()
+        if self.enabled:
+            import sys
+
+            print(f"compiling the {what} (steps {start} → {end})…", end="", file=sys.stderr, flush=True)
+
+    def compiled(self, done: int, end: int, name: str) -> None:
+        if not self.enabled:
+            return
+        import sys
+
+        from tqdm.auto import tqdm
+
+        print(f" {time.perf_counter() - self.t0:.1f} s (compilation and the first step)", file=sys.stderr, flush=True)
+        if end > done:
+            self.bar = tqdm(total=end, initial=done, desc=f"train {name}", unit="step", dynamic_ncols=True)
+
+    def loss(self, value: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{value:.4f}")
+
+    def advance(self, done: int) -> None:
+        if self.bar is not None and done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

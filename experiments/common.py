@@ -30,14 +30,19 @@ __all__ = ["REPO", "data_root", "data_path", "timed", "pyplot", "write_json"]
 
 def data_root() -> Path:
     """The shared data directory: ``$AGEDI_JAX_DATA``, else ``../shared/data`` beside the
-    repository."""
-    env = os.environ.get("AGEDI_JAX_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
+    repository (:func:`agedi_jax.data.data_root`)."""
+    from agedi_jax.data import data_root as package_root
+
+    return package_root() or REPO.parent / "shared" / "data"
 
 
 def data_path(relative: str) -> str:
-    """A path inside the shared data directory, e.g. ``data_path("c2db/val.csv")``."""
-    return str(data_root() / relative)
+    """A path inside the shared data directory in its portable form, e.g.
+    ``data_path("c2db/val.csv") == "$AGEDI_JAX_DATA/c2db/val.csv"``: every loader of the
+    package expands it, and results files that record it stay valid on another machine."""
+    from agedi_jax.data import DATA_PREFIX
+
+    return f"{DATA_PREFIX}/{relative}"
 
 
 def _load() -> float:

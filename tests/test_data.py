@@ -454,7 +454,7 @@ def test_summary_command_line(builtin, tmp_path, capsys):
     assert main(["summary", "builtin", "--validate"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out == [builtin.summary()]
-    assert summary_main(["builtin", str(tmp_path / "missing.xyz")]) == 1
+    assert summary_main(["builtin", str(tmp_path / "missing.xyz")]) == 2
     captured = capsys.readouterr()
     assert captured.out.strip() == builtin.summary()
     assert "missing.xyz' does not exist" in captured.err

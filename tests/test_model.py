@@ -7,65 +7,23 @@ import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from ase import Atoms
 from ase.io import read
 
-from agedi_jax import samplers
-from agedi_jax.checkpoint import CheckpointError, load_config_and_vocab
+from agedi_jax.batch import StructureError
+from agedi_jax.checkpoint import CheckpointError, load_config_and_vocab, load_model
 from agedi_jax.cli import main as cli_main
 from agedi_jax.config import Config, config_hash, override, preset, replace
-from agedi_jax.data import Dataset
-from agedi_jax.batch import StructureError
 from agedi_jax.convert import batch_from_atoms
-from agedi_jax.vocab import MASK, TypeVocab
-from agedi_jax.model import build_model, init_state
-from agedi_jax.checkpoint import load_model
+from agedi_jax.data import Dataset
 from agedi_jax.generate import sample_atoms
-from agedi_jax.results import write_extxyz
+from agedi_jax.model import build_model, init_state
 from agedi_jax.train import fit
-
-
-def _cluster(symbol: str, n: int, d: float, seed: int) -> Atoms:
-    """A compact n-atom cluster with nearest-neighbour distance about d (Å)."""
-    rng = np.random.default_rng(seed)
-    base = np.array(
-        [[0, 0, 0], [1, 0, 0], [0.5, 0.866, 0], [0.5, 0.289, 0.816], [0.5, 0.289, -0.816], [1.5, 0.866, 0]]
-    )
-    pos = base[:n] * d + rng.normal(0, 0.03, (n, 3))
-    return Atoms(symbol * n, positions=pos - pos.mean(0))
-
-
-@pytest.fixture(scope="module")
-def toy_data() -> Dataset:
-    structures = []
-    for k, (sym, d) in enumerate([("Cu", 2.5), ("Pt", 2.75), ("Ag", 2.85)]):
-        for n in (4, 5, 6):
-            structures.append(_cluster(sym, n, d, seed=10 * k + n))
-    return Dataset(structures, name="toy")
-
-
-TINY = {
-    "data": {"val_fraction": 0.2, "max_atoms": 8},
-    "model": {"network": "painn", "features": 8, "num_layers": 1, "num_basis": 4, "cutoff": 4.0},
-    "process": {"sigma_max": 3.0},
-    "train": {"steps": 6, "batch_size": 4, "warmup_steps": 2, "log_every": 2, "val_every": 3,
-              "checkpoint_every": 3, "val_batches": 1},
-    "sample": {"steps": 6, "batch_size": 8},
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_config() -> Config:
-    return replace(preset("quickstart"), **TINY)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, toy_data, tiny_config):
-    run = tmp_path_factory.mktemp("run") / "full"
-    return fit(tiny_config, run, progress=False, dataset=toy_data)
+from agedi_jax.vocab import TypeVocab
+from tests.conftest import TINY
+from tests.conftest import cluster as _cluster
 
 
 def _leaves(tree):

@@ -11,6 +11,7 @@ as in :class:`agedi_jax.batch.AtomsBatch`). Batches are built from it with
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -22,11 +23,74 @@ class DataError(ValueError):
     """A data file or directory cannot be turned into a dataset; the message names it."""
 
 
+DATA_ENV = "AGEDI_JAX_DATA"
+"""Environment variable naming the shared data directory."""
+
+DATA_PREFIX = "$" + DATA_ENV
+"""Portable prefix of paths inside the shared data directory, e.g.
+``$AGEDI_JAX_DATA/c2db/train.csv`` (how configs and results files store them)."""
+
+
+def data_root() -> Path | None:
+    """The shared data directory: ``$AGEDI_JAX_DATA`` if set, else ``../shared/data``
+    relative to the working directory (the project's convention: run from the repository
+    root), else ``shared/data`` beside a source checkout of the package; None if none
+    exists."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser()
+    for cand in (Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[3] / "shared" / "data"):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def expand_data_path(path: str | Path) -> Path:
+    """Expand the portable prefix ``$AGEDI_JAX_DATA`` (:func:`data_root`). Older specs that
+    name a ``.../shared/data/...`` path that does not exist here are mapped into the data
+    root too (configs written on another machine)."""
+    text = str(path)
+    for prefix in (DATA_PREFIX, "${" + DATA_ENV + "}"):
+        if text == prefix or text.startswith(prefix + "/"):
+            root = data_root()
+            if root is None:
+                raise FileNotFoundError(
+                    f"data path {text!r}: {DATA_ENV} is not set and no ../shared/data directory was found; "
+                    f"set {DATA_ENV} to the directory of the shared data"
+                )
+            return root / text[len(prefix) + 1:] if text != prefix else root
+    p = Path(text).expanduser()
+    marker = "shared/data/"
+    if not p.exists() and marker in text:
+        root = data_root()
+        if root is not None:
+            return root / text.split(marker, 1)[1]
+    return p
+
+
+def portable_data_path(path: str | Path) -> str:
+    """``path`` with the shared data directory written as ``$AGEDI_JAX_DATA`` (how configs
+    and results store data locations, so a clone elsewhere resolves them); other paths
+    unchanged."""
+    text = str(path)
+    if text.startswith(DATA_PREFIX):
+        return text
+    root = data_root()
+    if root is not None:
+        try:
+            rel = Path(text).expanduser().resolve().relative_to(root.resolve())
+            return f"{DATA_PREFIX}/{rel.as_posix()}" if rel.parts else DATA_PREFIX
+        except (ValueError, OSError):
+            pass
+    return text
+
+
 def check_path(path: str | Path) -> Path:
-    """``Path(path)``, or ``FileNotFoundError("data path X does not exist")``."""
-    p = Path(path).expanduser()
+    """The path (``$AGEDI_JAX_DATA`` expanded, :func:`expand_data_path`), or
+    ``FileNotFoundError("data path X does not exist")``."""
+    p = expand_data_path(path)
     if not p.exists():
-        raise FileNotFoundError(f"data path {str(path)!r} does not exist")
+        raise FileNotFoundError(f"data path {str(path)!r} does not exist" + (f" ({p})" if str(p) != str(path) else ""))
     return p
 
 

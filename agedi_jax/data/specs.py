@@ -7,32 +7,53 @@ Paths under the shared data directory resolve through :func:`resolve_data_spec`.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
-from agedi_jax.data import builtin, c2db, qcd
+from agedi_jax.data import builtin, bulk, c2db, qcd
 from agedi_jax.data.dataset import (
     DataError,
     Dataset,
     check_path,
+    expand_data_path,
     load_ase_file,
+    portable_data_path,
     validate_dataset,
 )
 
-__all__ = ["resolve_data_spec", "load_dataset", "summary_main"]
+__all__ = ["resolve_data_spec", "portable_data_spec", "load_dataset", "summary_main"]
+
+
+_PREFIXES = ("qcd:", "c2db:", "xyz:", "bulk:", "builtin:")
+
+
+def _split_spec(spec: str) -> tuple[str, str]:
+    prefix = spec.split(":", 1)[0] + ":" if spec.startswith(_PREFIXES) else ""
+    return prefix, spec[len(prefix):]
 
 
 def resolve_data_spec(spec: str) -> str:
-    """Resolve a data spec; a missing ``../shared/data/...`` path falls back to
-    ``$AGEDI_JAX_DATA`` (the location of the shared data on this machine)."""
-    prefix = spec.split(":", 1)[0] if spec.startswith(("qcd:", "c2db:", "xyz:")) else ""
-    path = spec[len(prefix) + 1 :] if prefix else spec
-    marker = "shared/data/"
-    env = os.environ.get("AGEDI_JAX_DATA")
-    if marker in path and env and not Path(path.split(":")[0]).exists():
-        path = str(Path(env) / path.split(marker, 1)[1])
-    return f"{prefix}:{path}" if prefix else path
+    """The spec with its path expanded for this machine (``$AGEDI_JAX_DATA`` and older
+    ``.../shared/data/...`` paths, :func:`~agedi_jax.data.dataset.expand_data_path`)."""
+    prefix, path = _split_spec(str(spec))
+    if prefix == "builtin:" or spec == "builtin":
+        return spec
+    head, sep, tail = path.rpartition(":") if prefix == "qcd:" else ("", "", "")
+    if head and qcd.is_subset_name(tail):
+        return f"{prefix}{expand_data_path(head)}:{tail}"
+    return f"{prefix}{expand_data_path(path)}"
+
+
+def portable_data_spec(spec: str) -> str:
+    """The spec with a path inside the shared data written as ``$AGEDI_JAX_DATA/...`` (how
+    configs store it: a clone on another machine resolves it through ``$AGEDI_JAX_DATA``)."""
+    prefix, path = _split_spec(str(spec))
+    if prefix == "builtin:" or spec == "builtin":
+        return spec
+    head, sep, tail = path.rpartition(":") if prefix == "qcd:" else ("", "", "")
+    if head and qcd.is_subset_name(tail):
+        return f"{prefix}{portable_data_path(expand_data_path(head))}:{tail}"
+    return f"{prefix}{portable_data_path(expand_data_path(path))}"
 
 
 # --------------------------------------------------------------------------------------
@@ -48,6 +69,9 @@ def load_dataset(spec: str | Path, **kwargs) -> Dataset:
       * ``"qcd:PATH"`` or ``"qcd:PATH:SUBSET"`` (``gm``, ``de200``, ...), or a directory of
         ``<El>_gap_QCD_relaxed.xyz`` files: :func:`agedi_jax.data.qcd.load_qcd`;
       * ``"c2db:PATH"`` or a ``.csv`` file: C2DB CSV with layer-group labels;
+      * ``"bulk:PATH"`` or a ``.csv`` file with a ``cif`` column and no C2DB columns: bulk
+        crystals (perov_5, carbon_24; :func:`agedi_jax.data.bulk.load_bulk_csv`);
+      * any path may start with ``$AGEDI_JAX_DATA/`` (the shared data directory);
       * a ``.db`` file: ASE database; rows that are all periodic in x, y only are read as
         C2DB (layer-group labels), anything else by :func:`~agedi_jax.data.c2db.load_ase_db`;
       * ``"xyz:PATH"`` or any other file ASE can read (extended XYZ, ...).
@@ -72,6 +96,8 @@ def load_dataset(spec: str | Path, **kwargs) -> Dataset:
         return c2db.load_c2db_csv(p, **kwargs)
     if spec.startswith("xyz:"):
         return load_ase_file(spec[4:], **kwargs)
+    if spec.startswith("bulk:"):
+        return bulk.load_bulk_csv(spec[5:], **kwargs)
 
     p = check_path(spec)
     if p.is_dir():
@@ -82,6 +108,8 @@ def load_dataset(spec: str | Path, **kwargs) -> Dataset:
             "file, a C2DB .csv / .db, or a QCD directory"
         )
     if p.suffix.lower() == ".csv":
+        if bulk.is_bulk_csv(p):
+            return bulk.load_bulk_csv(p, **kwargs)
         return c2db.load_c2db_csv(p, **kwargs)
     if p.suffix.lower() == ".db":
         if c2db.db_is_2d(p):
@@ -113,7 +141,7 @@ def summary_main(argv: Sequence[str] | None = None) -> int:
                 validate_dataset(ds)
         except (OSError, ValueError, KeyError) as err:
             print(f"error: {spec}: {err}", file=sys.stderr)
-            status = 1
+            status = 2
             continue
         print(ds.summary(), flush=True)
     return status

@@ -346,6 +346,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``evaluate`` from parsed arguments; prints a summary, returns the exit code
     (0 success, 2 bad input)."""
     try:
+        from agedi_jax.runlog import check_writable
+
+        check_writable(args.out, "output directory")  # before any work
         samples = load_structures(args.samples, clusters=args.clusters)
         reference = load_structures(args.reference, clusters=args.clusters)
         if args.max_reference is not None and len(reference) > args.max_reference:
@@ -363,7 +366,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             plots=not args.no_plots, tsne=not args.no_tsne, config={"command_line": config},
             verbose=not args.quiet,
         )
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, OSError, KeyError) as err:
         print(f"agedi-jax evaluate: error: {err}", file=sys.stderr)
         return 2
     for name, row in result["prd"].items():

@@ -13,17 +13,17 @@ relative to the repository root, the project's convention).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from experiments.common import data_path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 
 def data_dir() -> str:
-    """The QCD directory (``$AGEDI_JAX_DATA/qcd_gap_relaxed``)."""
-    root = os.environ.get("AGEDI_JAX_DATA") or str(REPO.parent / "shared" / "data")
-    return str(Path(root) / "qcd_gap_relaxed")
+    """The QCD directory, portable: ``$AGEDI_JAX_DATA/qcd_gap_relaxed``."""
+    return data_path("qcd_gap_relaxed")
 
 
 SUBSETS = ("gm", "de200")

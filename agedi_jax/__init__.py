@@ -62,6 +62,7 @@ _EXPORTS = {
     "load_model": "checkpoint", "CheckpointError": "checkpoint",
     "sample_atoms": "generate", "write_extxyz": "results",
     "make_mesh": "parallel",
+    "predict_atoms": "forcefield", "relax_atoms": "relax", "make_emt": "potentials",
     "evaluate": "evaluation",
 }
 

@@ -13,6 +13,13 @@ A batch holds ``g`` graph slots (structures) and ``n`` node slots (atoms), padde
   padding atom to itself. ``node_mask`` / ``graph_mask`` / ``edge_mask`` mark real entries.
 * ``label`` is a per-graph integer condition with ``0`` meaning "no label" (the null label
   of classifier-free guidance); ``fixed`` marks atoms that are never noised.
+* Labels (optional): ``energy`` [g] (eV per structure) with ``energy_mask`` [g] and
+  ``forces`` [n, 3] (eV/Å) with ``force_mask`` [n] carry reference energies and forces
+  (DFT, GAP, EMT) for training a force field. A collated batch always has all four
+  arrays (:func:`collate`; unknown values 0 and masked False, so a batch of unlabelled
+  structures has all-False masks); a batch built by hand may leave them None, which every
+  consumer reads as "no labels". Samplers drop them (they describe the template, not the
+  sample).
 * Edges: the batch carries a static-shaped *edge template* — every ordered pair of atoms
   inside each structure times every periodic image shift that can come within the cutoff
   (``senders``, ``receivers``, ``shifts``; :mod:`agedi_jax.edges` builds it on the host and
@@ -41,7 +48,12 @@ __all__ = [
     "EncodedStructure",
     "collate",
     "common_bucket",
+    "map_arrays",
+    "LABEL_FIELDS",
 ]
+
+LABEL_FIELDS = ("energy", "forces", "energy_mask", "force_mask")
+"""The optional label fields of :class:`AtomsBatch` (None when the batch has no labels)."""
 
 
 class StructureError(ValueError):
@@ -69,6 +81,13 @@ class AtomsBatch(NamedTuple):
       shifts: [e, 3] float integer-valued lattice shift S of every template edge.
       edge_mask: [e] bool, True for real template edges.
       n_edge: [g] int32 template edges per graph slot.
+      energy: [g] float reference energy per structure, eV (0 where unknown), or None.
+      forces: [n, 3] float reference forces, eV/Å (0 where unknown), or None.
+      energy_mask: [g] bool, True where ``energy`` is a label, or None.
+      force_mask: [n] bool, True where ``forces`` is a label, or None.
+
+    The four label fields are optional (default None; see the module docstring), so
+    every constructor of the 15 structural fields keeps working.
     """
 
     positions: Any
@@ -86,6 +105,19 @@ class AtomsBatch(NamedTuple):
     shifts: Any
     edge_mask: Any
     n_edge: Any
+    energy: Any = None
+    forces: Any = None
+    energy_mask: Any = None
+    force_mask: Any = None
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the batch carries the label fields (energies / forces and their masks)."""
+        return self.energy_mask is not None
+
+    def without_labels(self) -> "AtomsBatch":
+        """The same batch with the four label fields set to None."""
+        return self._replace(energy=None, forces=None, energy_mask=None, force_mask=None)
 
     @property
     def num_nodes(self) -> int:
@@ -107,22 +139,27 @@ class AtomsBatch(NamedTuple):
         """The same data as a ``jraph.GraphsTuple`` (nodes / edges / globals dicts)."""
         import jraph
 
+        nodes = {
+            "positions": self.positions,
+            "types": self.types,
+            "fixed": self.fixed,
+            "node_mask": self.node_mask,
+        }
+        globals_ = {
+            "cell": self.cell,
+            "pbc": self.pbc,
+            "label": self.label,
+            "graph_mask": self.graph_mask,
+        }
+        if self.has_labels:
+            nodes.update(forces=self.forces, force_mask=self.force_mask)
+            globals_.update(energy=self.energy, energy_mask=self.energy_mask)
         return jraph.GraphsTuple(
-            nodes={
-                "positions": self.positions,
-                "types": self.types,
-                "fixed": self.fixed,
-                "node_mask": self.node_mask,
-            },
+            nodes=nodes,
             edges={"shifts": self.shifts, "edge_mask": self.edge_mask},
             senders=self.senders,
             receivers=self.receivers,
-            globals={
-                "cell": self.cell,
-                "pbc": self.pbc,
-                "label": self.label,
-                "graph_mask": self.graph_mask,
-            },
+            globals=globals_,
             n_node=self.n_node,
             n_edge=self.n_edge,
         )
@@ -149,10 +186,20 @@ class AtomsBatch(NamedTuple):
             shifts=graph.edges["shifts"],
             edge_mask=graph.edges["edge_mask"],
             n_edge=graph.n_edge,
+            energy=graph.globals.get("energy"),
+            forces=graph.nodes.get("forces"),
+            energy_mask=graph.globals.get("energy_mask"),
+            force_mask=graph.nodes.get("force_mask"),
         )
 
     def replace(self, **kwargs) -> "AtomsBatch":
         return self._replace(**kwargs)
+
+
+def map_arrays(fn, batch: AtomsBatch) -> AtomsBatch:
+    """``fn`` applied to every field of ``batch`` that is not None (absent label fields
+    stay None), e.g. ``map_arrays(jnp.asarray, batch)``."""
+    return AtomsBatch(*(None if x is None else fn(x) for x in batch))
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -192,6 +239,8 @@ class EncodedStructure(NamedTuple):
     senders: np.ndarray  # [E] int32 local indices
     receivers: np.ndarray  # [E] int32 local indices
     shifts: np.ndarray  # [E, 3] float64
+    energy: float | None = None  # eV, or None (unknown)
+    forces: np.ndarray | None = None  # [N, 3] eV/Å, or None (unknown)
 
     @property
     def num_atoms(self) -> int:
@@ -207,6 +256,10 @@ def collate(encoded: Sequence[EncodedStructure], bucket: Bucket | None = None) -
 
     ``bucket`` defaults to the smallest ladder bucket that fits (:func:`bucket_for`); a
     bucket that is too small raises :class:`StructureError`.
+
+    Labels: the batch always gets the four label fields — energies and forces padded with
+    0, ``energy_mask`` True where a structure's energy is known and finite, ``force_mask``
+    True on the atoms of structures with known, finite forces of shape ``[N, 3]``.
     """
     if len(encoded) == 0:
         raise StructureError("empty list of structures: nothing to batch")
@@ -253,6 +306,17 @@ def collate(encoded: Sequence[EncodedStructure], bucket: Bucket | None = None) -
     n_edge = np.zeros(g, np.int32)
     n_edge[:real_graphs] = esizes
     n_edge[g - 1] = e - real_edges
+    energy = np.zeros(g, np.float64)
+    energy_mask = np.zeros(g, bool)
+    raw = np.array([np.nan if s.energy is None else float(s.energy) for s in encoded], np.float64)
+    energy_mask[:real_graphs] = np.isfinite(raw)
+    energy[:real_graphs] = np.where(np.isfinite(raw), raw, 0.0)
+    f_parts, m_parts = [], []
+    for s in encoded:
+        f = None if s.forces is None else np.asarray(s.forces, np.float64)
+        ok = f is not None and f.shape == (s.num_atoms, 3) and bool(np.all(np.isfinite(f)))
+        f_parts.append(f if ok else np.zeros((s.num_atoms, 3)))
+        m_parts.append(np.full(s.num_atoms, ok))
     return AtomsBatch(
         positions=pad([s.positions for s in encoded], n, 0.0, np.float64, (3,)),
         types=pad([s.types for s in encoded], n, MASK, np.int32),
@@ -269,6 +333,10 @@ def collate(encoded: Sequence[EncodedStructure], bucket: Bucket | None = None) -
         shifts=pad([s.shifts for s in encoded], e, 0.0, np.float64, (3,)),
         edge_mask=np.arange(e) < real_edges,
         n_edge=n_edge,
+        energy=energy,
+        forces=pad(f_parts, n, 0.0, np.float64, (3,)),
+        energy_mask=energy_mask,
+        force_mask=pad(m_parts, n, False, bool),
     )
 
 

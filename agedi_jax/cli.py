@@ -1,4 +1,4 @@
-"""Command line: ``agedi-jax quickstart | train | sample | evaluate | data``.
+"""Command line: ``agedi-jax quickstart | train | sample | predict | evaluate | data``.
 
 Every subcommand that takes a configuration accepts ``--preset NAME`` and any number of
 ``--set section.field=value`` overrides (see :mod:`agedi_jax.config`).
@@ -96,10 +96,32 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         grid=args.grid,
         seed=args.seed,
         batch_size=args.batch_size,
+        energy_guidance=args.energy_guidance,
+        guidance_potential=args.guidance_potential,
         progress=not args.quiet,
     )
     path = write_extxyz(args.out, structures, model.config)
     print(f"wrote {len(structures)} structures to {path}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ase.io import write
+
+    from agedi_jax.checkpoint import load_model
+    from agedi_jax.data import load_ase_file
+    from agedi_jax.forcefield import predict_atoms
+    from agedi_jax.runlog import check_writable
+
+    check_writable(args.out, "output file")
+    structures = load_ase_file(args.input).structures
+    model, params, _ = load_model(args.checkpoint, use_ema=not args.no_ema)
+    if not model.config.model.energy_head:
+        raise ValueError(f"the model in {args.checkpoint} has no force field (model.energy_head is off)")
+    atoms = predict_atoms(model, params, structures, batch_size=args.batch_size)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write(args.out, atoms, format="extxyz")
+    print(f"wrote energies (eV) and forces (eV/Å) of {len(atoms)} structures to {args.out}")
     return 0
 
 
@@ -159,10 +181,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default=None, help="position sampler: em | pc | ode (default: the checkpoint's)")
     p.add_argument("--grid", default=None, help="time grid: uniform | quadratic | log (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=None, help="structures per compiled batch")
+    p.add_argument("--energy-guidance", type=float, default=None,
+                   help="force-field guidance scale λ (1/eV); 0 = off (default: the checkpoint's)")
+    p.add_argument("--guidance-potential", default=None, help="model (learned force field) | emt")
     p.add_argument("--no-ema", action="store_true", help="use the raw parameters instead of the EMA")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="sample.FIELD=VALUE")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("predict", help="energies and forces of structures from a model's learned force field")
+    p.add_argument("checkpoint", type=Path, help="RUN directory or RUN/checkpoints/{latest,best}")
+    p.add_argument("input", help="structures (extxyz or any file ASE reads)")
+    p.add_argument("--out", type=Path, required=True, help="output extended XYZ (energy, forces per frame)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-ema", action="store_true", help="use the raw parameters instead of the EMA")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("evaluate", help="precision-recall, validity, symmetry of generated structures")
     try:

@@ -132,6 +132,20 @@ class ModelConfig:
       network_params: further fields of the network class (e.g. ``envelope_p``,
         ``radial_hidden``), for settings that only one network has. Every field above that
         the network class has is passed to it by name.
+      energy_head: learn a force field next to the score (:mod:`agedi_jax.forcefield`): a
+        per-atom energy read out at t = 0 on the clean structure, forces ``−∂E/∂R``,
+        trained on the data's energies and forces (``train.lambda_energy``,
+        ``train.lambda_forces``).
+      energy_network: "shared" (the energy head reads the score network's own final
+        invariant features) or "separate" (a second network of the same family and
+        size, with only an energy head).
+      energy_reference: per-element reference energies, eV/atom (``{"Pt": -5.1, ...}``),
+        fitted by least squares on the training data
+        (:func:`agedi_jax.forcefield.prepare_config`); predictions are
+        ``Σ_i (ref[z_i] + energy_scale · head_i)`` in absolute eV.
+      energy_scale: eV, the spread of the referenced per-atom energies of the training
+        data (scales the head's output and normalises the energy and force losses);
+        0 = not set (1 eV is used).
     """
 
     network: str = "nequip"
@@ -149,6 +163,10 @@ class ModelConfig:
     positions: bool = True
     types: bool = True
     network_params: Params = Params()
+    energy_head: bool = False
+    energy_network: str = "shared"
+    energy_reference: Params = Params()
+    energy_scale: float = 0.0
 
     def __post_init__(self) -> None:
         _params_fields(self)
@@ -225,6 +243,9 @@ class TrainConfig:
       checkpoint_minutes: also save ``checkpoints/latest`` after this much wall time since
         the last save (0 = only by steps), so an interrupted run loses little.
       val_batches: validation batches per evaluation.
+      lambda_energy, lambda_forces: weights of the force-field losses (with
+        ``model.energy_head``): mean squared per-atom energy error and mean squared force
+        component error, both divided by ``model.energy_scale²`` (eV², eV²/Å²).
     """
 
     steps: int = 2000
@@ -244,6 +265,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     checkpoint_minutes: float = 5.0
     val_batches: int = 4
+    lambda_energy: float = 1.0
+    lambda_forces: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +291,21 @@ class SampleConfig:
       use_ema: sample with the EMA parameters.
       denoise: finish with one Tweedie denoising step at the last grid time (removes the
         remaining ~σ(t_eps) noise); the paper's Eq. 9 sampler has no such step.
+      energy_guidance: force-field guidance (:func:`agedi_jax.samplers.energy_guided`):
+        the position score becomes ``s + λ(t) F``, ``λ(t) = energy_guidance · (1 − t)^ζ``
+        in eV⁻¹ (an inverse temperature 1/kT at t = 0: samples are tilted towards
+        ``p(x) exp(−λ E(x))``); 0 = off.
+      guidance_zeta: ζ of the guidance weight (1 − t)^ζ (larger: guidance only near the end).
+      guidance_on: where the force is evaluated: "xt" (on the current noisy state) or
+        "x0" (on Tweedie's denoised estimate x̂0 = E[x_0 | x_t], force divided by the mean
+        coefficient m(t)); "xt" was as good or better in every comparison so far
+        (``experiments/clusters/results/cpu/forcefield.json``).
+      guidance_potential: "model" (the learned force field, needs ``model.energy_head``)
+        or "emt" (:func:`agedi_jax.potentials.make_emt`, for Al Cu Ag Au Ni Pd Pt).
+      guidance_max_force: per-atom force norm cap, eV/Å, before the force enters the
+        score (0 = no cap; noisy states can have overlapping atoms).
+      guidance_in: "all" (every score evaluation is guided) or "corrector" (with
+        ``sampler=pc``, only the Langevin corrector blends in the force field).
     """
 
     sampler: str = "em"
@@ -281,6 +319,12 @@ class SampleConfig:
     seed: int = 0
     use_ema: bool = True
     denoise: bool = True
+    energy_guidance: float = 0.0
+    guidance_zeta: float = 1.0
+    guidance_on: str = "xt"
+    guidance_potential: str = "model"
+    guidance_max_force: float = 10.0
+    guidance_in: str = "all"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -486,7 +530,32 @@ def validate(cfg: Config) -> None:
     check(s.steps >= 1, "sample.steps must be >= 1")
     check(s.batch_size >= 1, "sample.batch_size must be >= 1")
     check(d.max_atoms >= 1, "data.max_atoms must be >= 1")
+    _validate_force_field(cfg, check)
     check(0 <= d.val_fraction < 1, "data.val_fraction must be in [0, 1)")
+
+
+def _validate_force_field(cfg: Config, check) -> None:
+    """The force-field fields (model.energy_*, train.lambda_energy/forces, sample guidance)."""
+    m, t, s = cfg.model, cfg.train, cfg.sample
+    check(m.energy_network in ("shared", "separate"), f"model.energy_network={m.energy_network!r} (shared | separate)")
+    check(m.energy_scale >= 0, "model.energy_scale must be >= 0 eV (0 = not set)")
+    for k, v in m.energy_reference:
+        check(isinstance(v, (int, float)) and not isinstance(v, bool),
+              f"model.energy_reference[{k!r}] must be a number (eV/atom), got {v!r}")
+    check(t.lambda_energy >= 0 and t.lambda_forces >= 0, "train.lambda_energy and train.lambda_forces must be >= 0")
+    check(s.energy_guidance >= 0, "sample.energy_guidance must be >= 0 (eV^-1; 0 = off)")
+    check(s.guidance_zeta >= 0, "sample.guidance_zeta must be >= 0")
+    check(s.guidance_on in ("x0", "xt"), f"sample.guidance_on={s.guidance_on!r} (x0 | xt)")
+    check(s.guidance_potential in ("model", "emt"), f"sample.guidance_potential={s.guidance_potential!r} (model | emt)")
+    check(s.guidance_max_force >= 0, "sample.guidance_max_force must be >= 0 eV/Å (0 = no cap)")
+    check(s.guidance_in in ("all", "corrector"), f"sample.guidance_in={s.guidance_in!r} (all | corrector)")
+    if s.energy_guidance > 0:
+        check(m.positions, "sample.energy_guidance needs a model of positions (model.positions)")
+        check(s.guidance_potential != "model" or m.energy_head,
+              "sample.energy_guidance with sample.guidance_potential=model needs model.energy_head "
+              "(a learned force field); or use sample.guidance_potential=emt")
+        check(s.guidance_in == "all" or s.sampler == "pc",
+              "sample.guidance_in=corrector needs sample.sampler=pc (the Langevin corrector)")
 
 
 # --------------------------------------------------------------------------------------

@@ -6,6 +6,11 @@ the configured padding) and encodes each one with its edge template
 (:class:`~agedi_jax.batch.EncodedStructure`); :func:`~agedi_jax.batch.collate` pads them
 into a batch; :func:`batch_from_atoms` does both; :func:`atoms_from_batch` turns the real
 graphs of a batch back into ``ase.Atoms``. ASE is used only here, never inside jit.
+
+Energy and force labels (:func:`atoms_labels`) are read from a calculator's stored
+results (``SinglePointCalculator``: ``atoms.get_potential_energy()`` / ``get_forces()``),
+else from ``atoms.info["energy"]`` / ``atoms.arrays["forces"]``, and written back by
+:func:`atoms_from_batch` as a ``SinglePointCalculator``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from agedi_jax.batch import (
     EncodedStructure,
     StructureError,
     collate,
+    map_arrays,
 )
 from agedi_jax.edges import edge_template
 from agedi_jax.vocab import MASK, TypeVocab
@@ -28,6 +34,7 @@ from agedi_jax.vocab import MASK, TypeVocab
 __all__ = [
     "validate_atoms",
     "fixed_mask",
+    "atoms_labels",
     "encode_structures",
     "batch_from_atoms",
     "atoms_from_batch",
@@ -87,6 +94,55 @@ def fixed_mask(atoms: Any) -> np.ndarray:
     return mask
 
 
+def _finite_float(x: Any) -> float | None:
+    try:
+        v = float(np.asarray(x, np.float64).reshape(()))
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _forces_array(x: Any, n: int) -> np.ndarray | None:
+    try:
+        f = np.array(x, np.float64)
+    except (TypeError, ValueError):
+        return None
+    if f.shape != (n, 3) or not np.all(np.isfinite(f)):
+        return None
+    return f
+
+
+def atoms_labels(atoms: Any) -> tuple[float | None, np.ndarray | None]:
+    """``(energy eV | None, forces [N, 3] eV/Å | None)`` of a structure.
+
+    Read, without computing anything, from the results a calculator already holds
+    (e.g. a ``SinglePointCalculator`` from an extxyz file; results are ignored when the
+    calculator reports the atoms changed since, as ``atoms.get_potential_energy()``
+    would refuse them), else from ``atoms.info["energy"]`` and ``atoms.arrays["forces"]``.
+    Values that are not finite numbers of the right shape count as absent."""
+    energy = forces = None
+    calc = getattr(atoms, "calc", None)
+    if calc is not None:
+        results = getattr(calc, "results", None) or {}
+        stale = False
+        check = getattr(calc, "check_state", None)
+        if check is not None and getattr(calc, "atoms", None) is not None:
+            try:
+                stale = bool(check(atoms))
+            except Exception:  # pragma: no cover - a calculator without a usable check
+                stale = False
+        if not stale:
+            if "energy" in results:
+                energy = _finite_float(results["energy"])
+            if "forces" in results:
+                forces = _forces_array(results["forces"], len(atoms))
+    if energy is None and "energy" in atoms.info:
+        energy = _finite_float(atoms.info["energy"])
+    if forces is None and "forces" in atoms.arrays:
+        forces = _forces_array(atoms.arrays["forces"], len(atoms))
+    return energy, forces
+
+
 def encode_structures(
     atoms_list: Sequence[Any],
     vocab: TypeVocab,
@@ -97,11 +153,14 @@ def encode_structures(
     fixed: Sequence[np.ndarray] | None = None,
     max_atoms: int | None = None,
     masked_types: bool = False,
+    read_labels: bool = True,
 ) -> list[EncodedStructure]:
     """Validate and encode structures (with their edge templates) for :func:`collate`.
 
     Arguments as in :func:`batch_from_atoms`. Encoding a data set once and collating random
     subsets is much cheaper than rebuilding templates for every batch.
+
+    ``read_labels``: read energies and forces (:func:`atoms_labels`; None where absent).
     """
     if len(atoms_list) == 0:
         raise StructureError("empty list of structures: nothing to batch")
@@ -117,6 +176,8 @@ def encode_structures(
         raise ValueError(f"{len(labels)} labels for {len(atoms_list)} structures")
     if fixed is not None and len(fixed) != len(atoms_list):
         raise ValueError(f"{len(fixed)} fixed masks for {len(atoms_list)} structures")
+
+    found = [atoms_labels(a) for a in atoms_list] if read_labels else [(None, None)] * len(atoms_list)
 
     out = []
     for k, atoms in enumerate(atoms_list):
@@ -147,6 +208,8 @@ def encode_structures(
                 senders=snd,
                 receivers=rcv,
                 shifts=shf,
+                energy=found[k][0],
+                forces=found[k][1],
             )
         )
     return out
@@ -163,6 +226,7 @@ def batch_from_atoms(
     fixed: Sequence[np.ndarray] | None = None,
     max_atoms: int | None = None,
     masked_types: bool = False,
+    read_labels: bool = True,
 ) -> AtomsBatch:
     """Build a padded :class:`AtomsBatch` (numpy arrays, float64) from ``ase.Atoms``.
 
@@ -178,6 +242,8 @@ def batch_from_atoms(
         constraints.
       max_atoms: largest structure allowed (e.g. the model's configured padding).
       masked_types: set every non-fixed atom's type to MASK (for sampling templates).
+      read_labels: carry energies and forces (:func:`atoms_labels`) in the batch's
+        label fields (:class:`~agedi_jax.batch.AtomsBatch`).
 
     Returns:
       An :class:`AtomsBatch` of numpy arrays; ``jax.numpy`` converts it at the jit
@@ -192,6 +258,7 @@ def batch_from_atoms(
         fixed=fixed,
         max_atoms=max_atoms,
         masked_types=masked_types,
+        read_labels=read_labels,
     )
     return collate(encoded, bucket)
 
@@ -206,12 +273,14 @@ def atoms_from_batch(
 
     Positions, symbols (MASK -> ``'X'``), cell, pbc and fixed atoms (as ``FixAtoms``) are
     restored; ``info[k]`` is copied into structure ``k``'s ``atoms.info``; a non-zero label
-    is stored under ``label_key``.
+    is stored under ``label_key``. A batch with label fields gives every structure with a
+    labelled energy a ``SinglePointCalculator`` (energy, and forces when every atom of it
+    has them).
     """
     from ase import Atoms
     from ase.constraints import FixAtoms
 
-    b = AtomsBatch(*(np.asarray(x) for x in batch))
+    b = map_arrays(np.asarray, batch)
     out = []
     graphs = np.where(b.graph_mask)[0]
     if info is not None and len(info) != len(graphs):
@@ -230,5 +299,10 @@ def atoms_from_batch(
             atoms.info.update(dict(info[k]))
         if label_key is not None and b.label[gi] != 0:
             atoms.info[label_key] = int(b.label[gi])
+        if b.has_labels and bool(b.energy_mask[gi]):
+            from ase.calculators.singlepoint import SinglePointCalculator
+
+            forces = b.forces[sel].astype(np.float64) if bool(np.all(b.force_mask[sel])) else None
+            atoms.calc = SinglePointCalculator(atoms, energy=float(b.energy[gi]), forces=forces)
         out.append(atoms)
     return out

@@ -194,12 +194,8 @@ def _build_sampler(model: DiffusionModel, guided: bool, interpolate, cfg: Config
     final = samplers.finalize(model.sde if cfg.sample.denoise else None, resolve_types=model.process is not None)
 
     def score(params, w):
-        score_fn = model.score_fn(params)
-        if interpolate is not None:
-            score_fn = samplers.interpolated(score_fn, interpolate[0], interpolate[1], model.num_types)
-        if guided:
-            score_fn = samplers.guided(score_fn, w)
-        return score_fn
+        # (score function, step): interpolation, classifier-free and force-field guidance
+        return model.sampling_fns(params, cfg, interpolate=interpolate, guided=guided, w=w)
 
     def start(params, key, template: AtomsBatch, generate_types: jax.Array, w: jax.Array) -> AtomsBatch:
         state = samplers.prior_state(jax.random.fold_in(key, 0), template, model.sde, mask_types=False)
@@ -208,10 +204,11 @@ def _build_sampler(model: DiffusionModel, guided: bool, interpolate, cfg: Config
         return samplers.sample_start(state._replace(types=types.astype(state.types.dtype)), step)
 
     def advance(params, key, state: AtomsBatch, i0, i1, w) -> AtomsBatch:
-        return samplers.sample_steps(jax.random.fold_in(key, 1), state, score(params, w), step, grid, i0, i1)
+        score_fn, guided_step = score(params, w)
+        return samplers.sample_steps(jax.random.fold_in(key, 1), state, score_fn, guided_step, grid, i0, i1)
 
     def finish(params, key, state: AtomsBatch, w) -> AtomsBatch:
-        return samplers.sample_finish(jax.random.fold_in(key, 1), state, score(params, w), grid, final)
+        return samplers.sample_finish(jax.random.fold_in(key, 1), state, score(params, w)[0], grid, final)
 
     if mesh is not None:
         from agedi_jax import parallel
@@ -257,6 +254,10 @@ def sample_atoms(
     grid: str | None = None,
     seed: int | None = None,
     batch_size: int | None = None,
+    energy_guidance: float | None = None,
+    guidance_potential: str | None = None,
+    guidance_on: str | None = None,
+    guidance_zeta: float | None = None,
     progress: bool = False,
     mesh: Any = None,
     shards_per_device: int = 1,
@@ -276,6 +277,12 @@ def sample_atoms(
         any other w two.
       interpolate: two element symbols, e.g. ``("Pt", "Cu")`` (Eq. 20).
       sampler, type_sampler, steps, grid, seed, batch_size: override the ``sample`` config.
+      energy_guidance, guidance_potential, guidance_on, guidance_zeta: force-field guidance
+        (override ``sample.*``): the position score plus ``λ(t) F`` with
+        ``λ = energy_guidance · (1 − t)^ζ`` (eV⁻¹), F from the learned force field
+        (``"model"``, needs ``model.energy_head``) or EMT (``"emt"``), evaluated on the
+        noisy state (``"xt"``) or the denoised estimate (``"x0"``)
+        (:func:`agedi_jax.samplers.energy_guided`). Each scale value compiles once.
       progress: show a progress bar over the sampler's steps (after a "compiling…" line).
       mesh: a device mesh (:func:`agedi_jax.parallel.make_mesh`): every batch is split
         into ``mesh.size × shards_per_device`` contiguous shards, one block per device
@@ -286,6 +293,8 @@ def sample_atoms(
         model, n_atoms=n_atoms, compositions=compositions, templates=templates, num_samples=num_samples,
         generate_types=generate_types, label=label, guidance=guidance, interpolate=interpolate,
         sampler=sampler, type_sampler=type_sampler, steps=steps, grid=grid, seed=seed, batch_size=batch_size,
+        energy_guidance=energy_guidance, guidance_potential=guidance_potential, guidance_on=guidance_on,
+        guidance_zeta=guidance_zeta,
     )
     s = req.config.sample
     n = len(req.structures)
@@ -437,6 +446,7 @@ class SampleRequest(NamedTuple):
             "type_sampler": s.type_sampler,
             "steps": s.steps,
             "grid": s.grid,
+            "energy_guidance": s.energy_guidance,
             "config_hash": config_hash(model.config),  # the model; sampling settings are above
         }
         if self.interpolate_names is not None:
@@ -472,11 +482,17 @@ def prepare_request(
     grid: str | None = None,
     seed: int | None = None,
     batch_size: int | None = None,
+    energy_guidance: float | None = None,
+    guidance_potential: str | None = None,
+    guidance_on: str | None = None,
+    guidance_zeta: float | None = None,
 ) -> SampleRequest:
     """Validate a sampling request on the host (arguments of :func:`sample_atoms`)."""
     if num_samples is not None and (not isinstance(num_samples, (int, np.integer)) or num_samples < 1):
         raise ValueError(f"num_samples must be a whole number >= 1, got {num_samples!r}")
-    options = dict(sampler=sampler, type_sampler=type_sampler, steps=steps, grid=grid, seed=seed, batch_size=batch_size)
+    options = dict(sampler=sampler, type_sampler=type_sampler, steps=steps, grid=grid, seed=seed, batch_size=batch_size,
+                   energy_guidance=energy_guidance, guidance_potential=guidance_potential, guidance_on=guidance_on,
+                   guidance_zeta=guidance_zeta)
     updates = {k: v for k, v in options.items() if v is not None}
     cfg = model.config
     if updates:

@@ -22,6 +22,9 @@ projected onto the zero-centre-of-mass subspace.
 
 **The network** is ``apply_fn(params, noisy_batch, t[g], label[g]) -> Scores(positions=[n,3]
 raw output | None, types=[n,K] log concrete scores | None)``; a head not in use may be None.
+
+**A learned force field** (``energy_fn``, :mod:`agedi_jax.forcefield`) adds
+``λ_E L_E + λ_F L_F`` on the clean batch's energy and force labels.
 """
 
 from __future__ import annotations
@@ -71,6 +74,9 @@ class LossConfig:
       weighting: "std2" (λ = std², the default), "g2" (λ = g²) or "none" (λ = 1).
       p_uncond: probability of replacing a graph's label by the null label 0
         (classifier-free guidance training, Eq. 19).
+      lambda_energy, lambda_forces: weights of the force-field terms (used when
+        :func:`joint_loss` is given an ``energy_fn``).
+      energy_scale: eV; the force-field errors are divided by it (per atom / per Å).
     """
 
     sde: Optional[SDE] = VESDE()
@@ -82,6 +88,9 @@ class LossConfig:
     parametrization: str = "eps"
     weighting: str = "std2"
     p_uncond: float = 0.0
+    lambda_energy: float = 0.0
+    lambda_forces: float = 0.0
+    energy_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.sde is None and self.process is None:
@@ -102,6 +111,10 @@ class LossConfig:
             raise ValueError(f"LossConfig.p_uncond must lie in [0, 1], got {self.p_uncond}")
         if self.lambda_positions < 0 or self.lambda_types < 0:
             raise ValueError("LossConfig: lambda_positions and lambda_types must be >= 0")
+        if self.lambda_energy < 0 or self.lambda_forces < 0:
+            raise ValueError("LossConfig: lambda_energy and lambda_forces must be >= 0")
+        if not self.energy_scale > 0:
+            raise ValueError(f"LossConfig.energy_scale must be > 0 eV, got {self.energy_scale}")
 
 
 # --------------------------------------------------------------------------------------
@@ -164,6 +177,7 @@ def joint_loss(
     config: LossConfig,
     *,
     t: Array | None = None,
+    energy_fn: Callable[[Any, AtomsBatch], tuple[Array, Array]] | None = None,
 ) -> tuple[Array, dict]:
     """The joint loss ``L = λ_R L_R + λ_z L_z`` (Eq. 18) on one batch.
 
@@ -181,9 +195,12 @@ def joint_loss(
       key: PRNG key.
       config: :class:`LossConfig` (static).
       t: optional ``[g]`` times to use instead of drawing them (evaluation at fixed t).
+      energy_fn: ``(params, clean_batch) -> (energy [g] eV, forces [n, 3] eV/Å)``, a
+        learned force field trained on the batch's labels (:mod:`agedi_jax.forcefield`).
     Returns:
       ``(loss, metrics)``: scalar loss and a dict of scalars ``loss``, ``loss_positions``,
-      ``loss_types``.
+      ``loss_types`` (with ``energy_fn`` also ``loss_energy``, ``loss_forces``,
+      ``energy_mae`` eV/atom, ``force_mae`` and ``force_rmse`` eV/Å).
     """
     positions = jnp.asarray(batch.positions)
     chex.assert_shape(positions, (batch.num_nodes, 3))
@@ -232,4 +249,12 @@ def joint_loss(
             out.types, z0, zt, config.process.total(t_atom_z), config.process.rate(t_atom_z), counted
         )
     loss = config.lambda_positions * loss_r + config.lambda_types * loss_z
-    return loss, {"loss": loss, "loss_positions": loss_r, "loss_types": loss_z}
+    metrics = {"loss_positions": loss_r, "loss_types": loss_z}
+    if energy_fn is not None:
+        from agedi_jax.forcefield import energy_force_terms
+
+        energy, forces = energy_fn(params, batch)
+        terms = energy_force_terms(batch, energy, forces, config.energy_scale)
+        loss = loss + config.lambda_energy * terms.loss_energy + config.lambda_forces * terms.loss_forces
+        metrics.update({k: v.astype(dtype) for k, v in terms._asdict().items()})
+    return loss, {"loss": loss, **metrics}

@@ -11,7 +11,11 @@ type process). Everything else is pure functions of it::
     state, metrics = train_step(state, batch, key)
     score_fn = model.score_fn(state.ema_params)              # for agedi_jax.samplers
 
-The joint loss is Eq. 18 (:func:`agedi_jax.losses.joint_loss`).
+The joint loss is Eq. 18 (:func:`agedi_jax.losses.joint_loss`); with
+``model.energy_head`` it also trains a force field on the data's energies and forces
+(:mod:`agedi_jax.forcefield`), and :meth:`DiffusionModel.sampling_fns` builds the compiled
+sampler's score function and step (guidance, interpolation, force-field guidance and
+corrector) from the config.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from agedi_jax import discrete, losses
+from agedi_jax import discrete, forcefield, losses, samplers
 from agedi_jax import sde as sde_lib
 from agedi_jax.batch import AtomsBatch
 from agedi_jax.config import Config, sde_params, type_schedule_params
@@ -46,6 +50,8 @@ class DiffusionModel(NamedTuple):
       sde: position SDE, or None when positions are not modelled.
       process: absorbing type process, or None when types are not modelled.
       loss_config: the static configuration of the joint loss.
+      energy_network: the separate energy network (``model.energy_network =
+        "separate"``; parameters are then ``{"score": ..., "energy": ...}``), else None.
     """
 
     config: Config
@@ -54,17 +60,37 @@ class DiffusionModel(NamedTuple):
     sde: Any
     process: Any
     loss_config: losses.LossConfig
+    energy_network: Any = None
 
     @property
     def num_types(self) -> int:
         return self.vocab.num_types
+
+    @property
+    def has_energy(self) -> bool:
+        """Whether the model has a learned force field (``model.energy_head``)."""
+        return bool(self.config.model.energy_head)
+
+    def score_params(self, params: Any) -> Any:
+        """The score network's parameters (the whole ``params`` unless the energy network
+        is separate)."""
+        return params["score"] if self.energy_network is not None else params
+
+    def energy(self, params: Any, batch: AtomsBatch, type_weights: Array | None = None) -> Array:
+        """Learned energies ``[g]`` (eV) of the batch's structures taken as clean
+        (:func:`agedi_jax.forcefield.model_energy`)."""
+        return forcefield.model_energy(self, params, batch, type_weights)
+
+    def energy_and_forces(self, params: Any, batch: AtomsBatch) -> tuple[Array, Array]:
+        """Learned ``(energy [g] eV, forces [n, 3] eV/Å)``, forces ``−∂E/∂R``."""
+        return forcefield.model_energy_and_forces(self, params, batch)
 
     def apply(self, params: Any, batch: AtomsBatch, t: Array, label: Array | None = None, **kwargs) -> Scores:
         """Raw network outputs (position output per the parametrisation, type log-scores).
         Labels are ignored by an unconditional model (``model.num_labels == 0``)."""
         if self.config.model.num_labels == 0:
             label = None
-        out = self.network.apply(params, batch, t, label, **kwargs)
+        out = self.network.apply(self.score_params(params), batch, t, label, **kwargs)
         p = self.config.process
         if out.positions is not None and p.data_scale > 0:
             skip = gaussian_skip(self.sde, p.data_scale, p.parametrization, batch, t)
@@ -76,6 +102,67 @@ class DiffusionModel(NamedTuple):
     def score_fn(self, params: Any) -> Callable[..., Scores]:
         """Sampler score function (position score in Å⁻¹, type log-scores)."""
         return make_score_fn(self.apply, params, self.sde, self.config.process.parametrization)
+
+    def guidance_energy_fn(self, params: Any, config: Config | None = None) -> Callable[[AtomsBatch], Array]:
+        """The energy function of force-field guidance (``sample.guidance_potential``):
+        the learned force field, or EMT over the model's vocabulary (elements EMT lacks
+        give NaN energies, whose forces the guidance sets to 0)."""
+        cfg = config or self.config
+        if cfg.sample.guidance_potential == "emt":
+            from agedi_jax.potentials import make_emt
+
+            return make_emt(self.vocab, allow_unsupported=True, check=False)
+        if not self.has_energy:
+            raise ValueError(
+                "sample.guidance_potential=model needs a model with a learned force field "
+                "(model.energy_head); use sample.guidance_potential=emt"
+            )
+        return forcefield.model_energy_fn(self, params)
+
+    def sampling_fns(
+        self,
+        params: Any,
+        config: Config | None = None,
+        *,
+        interpolate: tuple[int, int] | None = None,
+        guided: bool = False,
+        w: Any = 1.0,
+    ) -> tuple[Callable[..., Scores], Any]:
+        """``(score_fn, step)`` of the configured sampler, for
+        :func:`agedi_jax.samplers.sample` (call inside the jitted sampler: ``params`` and
+        ``w`` may be traced).
+
+        The score function is the network's (:meth:`score_fn`), then type interpolation
+        between the type indices ``interpolate`` (Eq. 20), then classifier-free guidance
+        with weight ``w`` when ``guided`` (Eq. 19), then force-field guidance when
+        ``sample.energy_guidance > 0`` (:func:`agedi_jax.samplers.energy_guided`; with
+        ``sample.guidance_in = "corrector"`` only the predictor–corrector's Langevin
+        corrector sees it). The step is :func:`agedi_jax.samplers.make_step` of
+        ``config.sample``. ``config`` defaults to the model's."""
+        cfg = config or self.config
+        s = cfg.sample
+        score_fn = self.score_fn(params)
+        if interpolate is not None:
+            score_fn = samplers.interpolated(score_fn, interpolate[0], interpolate[1], self.num_types)
+        if guided:
+            score_fn = samplers.guided(score_fn, w)
+        step = samplers.make_step(self.sde, self.process, s)
+        if s.energy_guidance > 0:
+            if self.sde is None:
+                raise ValueError("sample.energy_guidance needs a model of positions (model.positions)")
+            energy_fn = self.guidance_energy_fn(params, cfg)
+
+            def wrap(fn):
+                return samplers.energy_guided(
+                    fn, energy_fn, s.energy_guidance, zeta=s.guidance_zeta, on=s.guidance_on,
+                    sde=self.sde, max_force=s.guidance_max_force,
+                )
+
+            if s.guidance_in == "corrector":
+                step = samplers.with_corrector_guidance(step, wrap)
+            else:
+                score_fn = wrap(score_fn)
+        return score_fn, step
 
 
 def make_sde(config: Config):
@@ -123,7 +210,15 @@ def build_model(config: Config, vocab: TypeVocab, avg_num_neighbors: float | Non
         raise ValueError(
             "build_model: model.avg_num_neighbors is 0 and no value computed from data was given"
         )
-    network = make_network(m.network, **network_kwargs(config, vocab.num_types, avg))
+    kwargs = network_kwargs(config, vocab.num_types, avg)
+    energy_network = None
+    if m.energy_head and m.energy_network == "separate":
+        kwargs["energy_head"] = False
+        e_kwargs = dict(kwargs, position_head=False, type_head=False, energy_head=True, num_labels=0)
+        energy_network = make_network(m.network, **e_kwargs)
+    elif m.energy_network not in forcefield.ENERGY_NETWORKS:
+        raise ValueError(f"model.energy_network={m.energy_network!r}; choose one of {forcefield.ENERGY_NETWORKS}")
+    network = make_network(m.network, **kwargs)
     sde = make_sde(config)
     process = make_process(config, vocab.num_types)
     t = config.train
@@ -136,8 +231,11 @@ def build_model(config: Config, vocab: TypeVocab, avg_num_neighbors: float | Non
         independent_t=config.process.independent_t,
         parametrization=config.process.parametrization,
         p_uncond=t.label_dropout if m.num_labels > 0 else 0.0,
+        lambda_energy=t.lambda_energy if m.energy_head else 0.0,
+        lambda_forces=t.lambda_forces if m.energy_head else 0.0,
+        energy_scale=forcefield.energy_scale(config),
     )
-    return DiffusionModel(config, vocab, network, sde, process, loss_config)
+    return DiffusionModel(config, vocab, network, sde, process, loss_config, energy_network)
 
 
 # --------------------------------------------------------------------------------------
@@ -196,6 +294,11 @@ def init_state(model: DiffusionModel, key: Array, example: AtomsBatch) -> TrainS
     t = jnp.full((batch.num_graphs,), 0.5, batch.positions.dtype)
     label = jnp.asarray(batch.label) if model.config.model.num_labels else None
     params = compiled("init", model, lambda: jax.jit(model.network.init))(key, batch, t, label)
+    if model.energy_network is not None:
+        e_params = compiled("init_energy", model, lambda: jax.jit(model.energy_network.init))(
+            jax.random.fold_in(key, 1), batch, jnp.zeros_like(t), None
+        )
+        params = {"score": params, "energy": e_params}
     opt_state = make_optimizer(model.config).init(params)
     ema = jax.tree.map(jnp.array, params)  # a copy: params and EMA are donated separately
     return TrainState(jnp.zeros((), jnp.int32), params, opt_state, ema)
@@ -222,7 +325,8 @@ _COMPILED: dict = {}
 def compute_key(model: DiffusionModel) -> tuple:
     """What compiled code of a model depends on (not the data or sampling sections)."""
     c = model.config
-    return (model.network, model.sde, model.process, model.loss_config, model.vocab, c.model, c.process, c.train)
+    return (model.network, model.sde, model.process, model.loss_config, model.vocab, c.model, c.process, c.train,
+            model.energy_network)
 
 
 def compiled(kind: str, model: DiffusionModel, build: Callable[[], Any], *extra: Any) -> Any:
@@ -239,9 +343,14 @@ def compiled(kind: str, model: DiffusionModel, build: Callable[[], Any], *extra:
 
 def _loss_fn(model: DiffusionModel) -> Callable:
     loss_config = model.loss_config
+    energy_fn = None
+    if model.has_energy:
+
+        def energy_fn(params, batch: AtomsBatch):
+            return model.energy_and_forces(params, batch)
 
     def loss_fn(params, batch: AtomsBatch, key: Array):
-        return losses.joint_loss(params, model.apply, batch, key, loss_config)
+        return losses.joint_loss(params, model.apply, batch, key, loss_config, energy_fn=energy_fn)
 
     return loss_fn
 
@@ -294,7 +403,9 @@ def make_train_step(model: DiffusionModel, mesh: Any = None, *, jit: bool = True
 
 def make_eval_step(model: DiffusionModel, mesh: Any = None, *, jit: bool = True):
     """``eval_step(params, batch, key) -> metrics``: the joint loss without gradients
-    (of the union batch with a ``mesh``)."""
+    (of the union batch with a ``mesh``). With a learned force field the metrics include
+    ``loss_energy``, ``loss_forces``, ``energy_mae`` (eV/atom), ``force_mae`` and
+    ``force_rmse`` (eV/Å) against the batch's labels."""
     if jit:
         return compiled("eval", model, lambda: jax.jit(make_eval_step(model, mesh, jit=False)), mesh)
     loss_fn = _loss_fn(model)

@@ -217,7 +217,8 @@ def shard_bucket(bucket: Bucket, num_shards: int) -> Bucket:
 
 
 def _empty_shard(bucket: Bucket) -> AtomsBatch:
-    """A shard with no structure: every atom, edge and graph slot is padding."""
+    """A shard with no structure: every atom, edge and graph slot is padding (label
+    fields 0 and masked, as :func:`~agedi_jax.batch.collate` gives them)."""
     n, e, g = bucket.n_node, bucket.n_edge, bucket.n_graph
     n_node = np.zeros(g, np.int32)
     n_node[-1] = n
@@ -239,6 +240,16 @@ def _empty_shard(bucket: Bucket) -> AtomsBatch:
         shifts=np.zeros((e, 3), np.float64),
         edge_mask=np.zeros(e, bool),
         n_edge=n_edge,
+        **_empty_labels(n, g),
+    )
+
+
+def _empty_labels(n: int, g: int) -> dict:
+    return dict(
+        energy=np.zeros(g, np.float64),
+        forces=np.zeros((n, 3), np.float64),
+        energy_mask=np.zeros(g, bool),
+        force_mask=np.zeros(n, bool),
     )
 
 
@@ -257,6 +268,9 @@ def _to_global_slots(local: AtomsBatch, offset: int, num_slots: int) -> AtomsBat
 
     gi = np.asarray(local.graph_index)
     graph_index = np.where(gi < k, gi + offset, last).astype(np.int32)
+    labels = {}
+    if local.has_labels:
+        labels = dict(energy=slots(local.energy), energy_mask=slots(local.energy_mask, False))
     return local._replace(
         cell=slots(local.cell),
         pbc=slots(local.pbc, False),
@@ -265,6 +279,7 @@ def _to_global_slots(local: AtomsBatch, offset: int, num_slots: int) -> AtomsBat
         n_node=slots(local.n_node),
         label=slots(local.label),
         n_edge=slots(local.n_edge),
+        **labels,
     )
 
 
@@ -317,7 +332,7 @@ def stack_shards(
             continue
         local = collate(chunk, Bucket(bucket.n_node, bucket.n_edge, len(chunk) + 1))
         out.append(_to_global_slots(local, int(offsets[d]), bucket.n_graph))
-    return AtomsBatch(*(np.stack(xs) for xs in zip(*out)))
+    return AtomsBatch(*(None if xs[0] is None else np.stack(xs) for xs in zip(*out)))
 
 
 def union_batch(chunks: Sequence[Sequence[EncodedStructure]], bucket: Bucket) -> AtomsBatch:
@@ -332,8 +347,8 @@ def union_batch(chunks: Sequence[Sequence[EncodedStructure]], bucket: Bucket) ->
 
 def unstack(stacked: AtomsBatch) -> list[AtomsBatch]:
     """The shards of a stacked batch as a list of :class:`AtomsBatch` (host numpy)."""
-    arrays = [np.asarray(x) for x in stacked]
-    return [AtomsBatch(*(a[d] for a in arrays)) for d in range(arrays[0].shape[0])]
+    arrays = [None if x is None else np.asarray(x) for x in stacked]
+    return [AtomsBatch(*(None if a is None else a[d] for a in arrays)) for d in range(arrays[0].shape[0])]
 
 
 def local_shards(mesh: Mesh, num_shards: int) -> np.ndarray:
@@ -355,7 +370,7 @@ def shard_batch(local: AtomsBatch, mesh: Mesh, num_shards: int | None = None) ->
     process); ``num_shards`` is the global count (default: local count × process count).
     Returns an :class:`AtomsBatch` of global ``jax.Array`` s."""
     sharding = data_sharding(mesh)
-    leaves = [np.asarray(x) for x in local]
+    leaves = [None if x is None else np.asarray(x) for x in local]
     n_local = leaves[0].shape[0]
     total = n_local * jax.process_count() if num_shards is None else int(num_shards)
     if total % mesh.devices.size:
@@ -363,7 +378,8 @@ def shard_batch(local: AtomsBatch, mesh: Mesh, num_shards: int | None = None) ->
             f"{total} shards cannot be split over {mesh.devices.size} devices: use a multiple of {mesh.devices.size}"
         )
     return AtomsBatch(
-        *(jax.make_array_from_process_local_data(sharding, x, (total,) + x.shape[1:]) for x in leaves)
+        *(None if x is None else jax.make_array_from_process_local_data(sharding, x, (total,) + x.shape[1:])
+          for x in leaves)
     )
 
 
@@ -445,7 +461,7 @@ def check_stacked(batch: AtomsBatch, mesh: Mesh, who: str) -> None:
             f"got shape {np.shape(batch.positions)}"
         )
     d, ndev = np.shape(batch.positions)[0], mesh.devices.size
-    leading = {name: np.shape(x)[:1] for name, x in zip(AtomsBatch._fields, batch)}
+    leading = {name: np.shape(x)[:1] for name, x in zip(AtomsBatch._fields, batch) if x is not None}
     if set(leading.values()) != {(d,)}:
         raise ValueError(f"{who}: every field of a stacked batch needs the same leading shard axis, got {leading}")
     if d % ndev:
@@ -534,8 +550,11 @@ def shard_parallel(fn: Callable, mesh: Mesh, stacked: Sequence[bool]) -> Callabl
 def fetch(x: AtomsBatch) -> AtomsBatch:
     """Bring a (possibly multi-host) stacked result to the host as numpy arrays."""
     leaves = list(x)
-    if all(getattr(a, "is_fully_addressable", True) for a in leaves):
-        return AtomsBatch(*(np.asarray(a) for a in jax.device_get(leaves)))
-    from jax.experimental import multihost_utils
+    present = [a for a in leaves if a is not None]
+    if all(getattr(a, "is_fully_addressable", True) for a in present):
+        got = iter(jax.device_get(present))
+    else:
+        from jax.experimental import multihost_utils
 
-    return AtomsBatch(*(np.asarray(a) for a in multihost_utils.process_allgather(leaves, tiled=True)))
+        got = iter(multihost_utils.process_allgather(present, tiled=True))
+    return AtomsBatch(*(None if a is None else np.asarray(next(got)) for a in leaves))

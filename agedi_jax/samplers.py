@@ -18,6 +18,12 @@ template) and ``t > t_next`` are scalars of the grid:
 * types: :func:`tau_leaping`, :func:`analytic` (from :mod:`agedi_jax.discrete`);
 * both: :func:`joint` — one score call at ``(x_t, z_t, t)`` feeds both updates.
 
+Force-field guidance (:func:`energy_guided`) is a score-function wrapper too: the
+position score plus ``λ(t) F`` with ``F = −∂E/∂R`` of any energy function (EMT, the
+learned force field of :mod:`agedi_jax.forcefield`) on the noisy state or on Tweedie's
+estimate x̂0, ``λ(t) = scale · (1 − t)^ζ``; :func:`with_corrector_guidance` gives it to the
+Langevin corrector of :func:`predictor_corrector` only.
+
 Position and type steps also accept ``scores=`` (already evaluated at ``(state, t)``) so
 that :func:`joint` can share one call. Every step uses the grid's own ``Δt = t_next − t``
 and adds the update to the current position. Invariants kept after every step: fixed
@@ -102,6 +108,9 @@ __all__ = [
     "prior_state",
     "guided",
     "interpolated",
+    "energy_guided",
+    "guidance_weight",
+    "with_corrector_guidance",
 ]
 
 _SCORE, _POS, _TYPES, _HEUN, _CORR = 0, 1, 2, 3, 10
@@ -219,11 +228,17 @@ class PredictorCorrector(NamedTuple):
     constraints; it replaces score_sde's realised ``||z||²``, whose expectation it is, so
     that the step size does not depend on the noise it scales), ``||s||²`` over the graph's
     free atoms, and ``a = 1`` (VE) or ``e^{α(t_next) − α(t)}`` (VP, score_sde's ``α_i``).
-    ``snr``: 0.16 is score_sde's VE choice, ~0.01 for VP."""
+    ``snr``: 0.16 is score_sde's VE choice, ~0.01 for VP.
+
+    ``corrector_wrap``: a score-function wrapper (``score_fn -> score_fn``) applied to the
+    corrector's score only, e.g. force-field guidance (:func:`with_corrector_guidance`):
+    the Langevin corrector then samples the blend of the learned score and the force field
+    while the predictor follows the plain score."""
 
     sde: SDE
     snr: float = 0.16
     n_corrector: int = 1
+    corrector_wrap: Optional[Callable[[ScoreFn], ScoreFn]] = None
 
     def validate(self, state: AtomsBatch) -> None:
         check_batch(self.sde, state)
@@ -238,9 +253,10 @@ class PredictorCorrector(NamedTuple):
         free = free_atoms(state)
         dof = 3.0 * graph_sum(state, free.astype(dtype)) - jnp.sum(com_axes(state), -1).astype(dtype)
         dof = jnp.maximum(dof, 0.0)
+        corrector_fn = score_fn if self.corrector_wrap is None else self.corrector_wrap(score_fn)
         for j in range(self.n_corrector):
             kj = jax.random.fold_in(key, _CORR + j)
-            s = _position_score(state, _call(score_fn, state, t_next, jax.random.fold_in(kj, 0)), "predictor_corrector")
+            s = _position_score(state, _call(corrector_fn, state, t_next, jax.random.fold_in(kj, 0)), "predictor_corrector")
             s2 = graph_sum(state, jnp.sum(s * s, -1))
             eps = jnp.where(s2 > 0, 2.0 * a * self.snr**2 * dof / jnp.where(s2 > 0, s2, 1.0), 0.0)
             eps = eps[state.graph_index][:, None]
@@ -534,6 +550,8 @@ def sample_start(state0: AtomsBatch, step_fn=None) -> AtomsBatch:
     positions wrapped along periodic axes (after ``step_fn.validate``)."""
     if step_fn is not None and hasattr(step_fn, "validate"):
         step_fn.validate(state0)
+    if isinstance(state0, AtomsBatch):
+        state0 = state0.without_labels()  # a template's energy / forces are not the sample's
     state0 = jax.tree_util.tree_map(jnp.asarray, state0)
     x0 = jnp.asarray(state0.positions)
     x0 = jnp.where(jnp.asarray(state0.node_mask, bool)[:, None], x0, 0.0)
@@ -575,8 +593,9 @@ def sample_finish(key: Array, state: AtomsBatch, score_fn: ScoreFn, grid, final_
 def prior_state(key: Array, template: AtomsBatch, sde: SDE | None = None, mask_types: bool = True) -> AtomsBatch:
     """Initial sampling state: positions from :func:`agedi_jax.sde.prior_sample` (when
     ``sde`` is given) and, if ``mask_types``, every free atom's type set to MASK (the
-    absorbing prior). Fixed atoms and padding are kept."""
-    state = jax.tree_util.tree_map(jnp.asarray, template)
+    absorbing prior). Fixed atoms and padding are kept; label fields (energies, forces)
+    are dropped."""
+    state = jax.tree_util.tree_map(jnp.asarray, template.without_labels())
     if sde is not None:
         state = prior_sample(key, sde, state)
     if mask_types:
@@ -642,3 +661,113 @@ def interpolated(score_fn: ScoreFn, type_a: int, type_b: int, num_types: int) ->
         return Scores(positions=out.positions, types=types)
 
     return fn
+
+
+# --------------------------------------------------------------------------------------
+# Force-field guidance
+# --------------------------------------------------------------------------------------
+
+
+def guidance_weight(t, scale, zeta: float = 1.0) -> Array:
+    """``λ(t) = scale · (1 − t)^ζ`` (eV⁻¹ when ``scale`` is an inverse temperature)."""
+    t = jnp.asarray(t)
+    return scale * jnp.power(jnp.clip(1.0 - t, 0.0, 1.0), zeta)
+
+
+def _resolved_types(state: AtomsBatch, log_scores) -> Array:
+    """The state's types with every MASK of a real atom replaced by the most probable
+    clean type (``argmax`` of the type log-scores, which for the absorbing process are
+    the clean-type posterior up to a per-atom constant); unchanged without type scores."""
+    z = jnp.asarray(state.types)
+    if log_scores is None:
+        return z
+    best = (jnp.argmax(jnp.asarray(log_scores), axis=-1) + 1).astype(z.dtype)
+    masked = (z == MASK) & jnp.asarray(state.node_mask, bool)
+    return jnp.where(masked, best, z)
+
+
+def _cap_norm(f: Array, max_norm: float) -> Array:
+    if not max_norm or max_norm <= 0:
+        return f
+    norm = jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True))
+    return f * jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
+
+
+def energy_guided(
+    score_fn: ScoreFn,
+    energy_fn: Callable[[AtomsBatch], Array],
+    scale,
+    zeta: float = 1.0,
+    on: str = "x0",
+    sde: SDE | None = None,
+    max_force: float = 0.0,
+) -> ScoreFn:
+    """Force-field guidance: the position score plus a force term,
+    ``s̃ = s + λ(t) F``, ``λ(t) = scale · (1 − t)^ζ`` (per graph).
+
+    ``F = −∂E/∂R`` (eV/Å) of ``energy_fn(batch) -> [g]`` (any
+    :data:`agedi_jax.potentials.EnergyFn`: EMT, or the learned force field
+    :func:`agedi_jax.forcefield.model_energy_fn`) is evaluated
+
+    * ``on="xt"``: on the current noisy state;
+    * ``on="x0"``: on Tweedie's denoised estimate ``x̂0 = c + (y + std² s)/m`` (``y = x − c``
+      about the :func:`~agedi_jax.geometry.centre`, ``m`` the kernel mean coefficient; needs
+      ``sde``), divided by ``m`` (the chain rule through ``x̂0`` with the score's own
+      Jacobian neglected).
+
+    With ``scale = 1/kT`` this is the score of ``p_t(x) · exp(−λ(t) E)``: at t → 0 the data
+    distribution tilted by a Boltzmann factor; ``(1 − t)^ζ`` switches it on towards the end.
+    Atoms still MASK get their most probable type (from the type scores) for the energy;
+    non-finite forces (elements EMT lacks) count as 0; forces of fixed and padding atoms are
+    0; each atom's force is capped at ``max_force`` eV/Å (0: no cap). Type scores pass
+    through. Composes with :func:`guided` and :func:`interpolated` (wrap them first).
+    """
+    if on not in ("x0", "xt"):
+        raise ValueError(f"energy_guided: on must be 'x0' or 'xt', got {on!r}")
+    if on == "x0" and sde is None:
+        raise ValueError("energy_guided: on='x0' needs the SDE (Tweedie's estimate)")
+    from agedi_jax.potentials.base import energy_and_forces
+
+    def fn(state: AtomsBatch, t, key, **kwargs) -> Scores:
+        out = score_fn(state, t, key, **kwargs)
+        if out.positions is None:
+            raise ValueError("energy_guided: the score function returned no position score")
+        x = jnp.asarray(state.positions)
+        dtype = x.dtype
+        tg = jnp.broadcast_to(jnp.asarray(t, dtype), (state.num_graphs,))
+        gi = state.graph_index
+        factor = guidance_weight(tg, jnp.asarray(scale, dtype), zeta)  # [g]
+        if on == "x0":
+            s = _position_score(state, out, "energy_guided")
+            m = sde.mean_coeff(tg)
+            m1 = sde.mean_coeff_minus_one(tg)
+            std2 = sde.std(tg) ** 2
+            y = x - centre(state, x)[gi]
+            dx = (-m1 / m)[gi][:, None] * y + (std2 / m)[gi][:, None] * s
+            x_eval = displace(state, x, dx)
+            factor = factor / m
+        else:
+            x_eval = x
+        probe = state._replace(positions=jax.lax.stop_gradient(x_eval), types=_resolved_types(state, out.types))
+        _, forces = energy_and_forces(energy_fn, probe)
+        forces = jnp.where(jnp.isfinite(forces), forces, 0.0)
+        forces = jnp.where(free_atoms(state)[:, None], forces, 0.0)
+        forces = _cap_norm(forces, max_force)
+        guide = factor[gi][:, None] * forces
+        return out._replace(positions=jnp.asarray(out.positions, dtype) + guide)
+
+    return fn
+
+
+def with_corrector_guidance(step, wrap: Callable[[ScoreFn], ScoreFn]):
+    """``step`` with ``wrap`` (e.g. ``lambda f: energy_guided(f, ...)``) applied to the
+    score of its Langevin corrector only (:class:`PredictorCorrector`, alone or inside
+    :class:`Joint`); other steps have no corrector and raise."""
+    if isinstance(step, PredictorCorrector):
+        return step._replace(corrector_wrap=wrap)
+    if isinstance(step, Joint) and isinstance(step.position_step, PredictorCorrector):
+        return step._replace(position_step=step.position_step._replace(corrector_wrap=wrap))
+    raise ValueError(
+        "corrector-only guidance needs the predictor-corrector sampler (sample.sampler=pc), "
+        f"got {type(step).__name__}"
+    )

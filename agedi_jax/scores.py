@@ -57,10 +57,14 @@ class Scores(NamedTuple):
         not modelled.
       types: [n, K] log concrete scores log ŝ_y for the K physical types (column k is type
         index k + 1; MASK has no column). ``None`` when types are not modelled.
+      energy: [n] raw per-atom energy output of a network with an energy head
+        (dimensionless; :mod:`agedi_jax.forcefield` scales it and adds the per-element
+        reference). ``None`` otherwise; score functions do not pass it on.
     """
 
     positions: Any = None
     types: Any = None
+    energy: Any = None
 
 
 def _std_col(std, like) -> Array:

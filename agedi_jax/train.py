@@ -212,6 +212,10 @@ def prepare_data(config: Config, dataset=None) -> PreparedData:
             raise ValueError(f"data label {top} exceeds model.num_labels={config.model.num_labels}")
     if updates:
         config = replace(config, model=updates)
+    if config.model.energy_head:  # per-element reference energies and the energy scale
+        from agedi_jax import forcefield
+
+        config = forcefield.prepare_config(config, vocab, [structures[i] for i in train_idx])
     return PreparedData(
         config, vocab, train, val, [structures[i] for i in train_idx], [structures[i] for i in val_idx]
     )

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agedi_jax.batch import AtomsBatch
+from agedi_jax.batch import AtomsBatch, map_arrays
 from agedi_jax.edges import Edges, edge_vectors
 from agedi_jax.geometry import remove_com
 
@@ -213,7 +213,7 @@ def prepare_inputs(
       (batch as jax arrays, t [g] float with padding graphs set to 0, label [g] int (None
       when ``num_labels == 0``), edges, type_weights [n, K+1] float, 0 on padding atoms).
     """
-    batch = AtomsBatch(*(jnp.asarray(x) for x in batch))
+    batch = map_arrays(jnp.asarray, batch)
     if not jnp.issubdtype(batch.positions.dtype, jnp.floating):
         batch = batch.replace(positions=batch.positions.astype(jnp.float32))
     dtype = batch.positions.dtype
@@ -252,9 +252,17 @@ def finalize_scores(
     return positions, types
 
 
-def check_heads(position_head: bool, type_head: bool) -> None:
-    if not (position_head or type_head):
-        raise ValueError("a score network needs at least one head (position_head or type_head)")
+def check_heads(position_head: bool, type_head: bool, energy_head: bool = False) -> None:
+    if not (position_head or type_head or energy_head):
+        raise ValueError("a score network needs at least one head (position_head, type_head or energy_head)")
+
+
+def finalize_energy(batch: AtomsBatch, energy: Array | None) -> Array | None:
+    """Per-atom energy output ``[n]`` (from ``[n]`` or ``[n, 1]``) with padding atoms exactly 0."""
+    if energy is None:
+        return None
+    energy = energy.reshape((batch.num_nodes,))
+    return jnp.where(batch.node_mask, energy, 0.0)
 
 
 def check_positive(name: str, value: float) -> None:
@@ -298,6 +306,9 @@ class ScoreNetwork(nn.Module):
       avg_num_neighbors: see :func:`average_num_neighbors`.
       position_head, type_head: which outputs to produce (an absent head returns None and
         owns no parameters).
+      energy_head: also produce a per-atom scalar ``Scores.energy`` [n] read out of the
+        final invariant features (a learned force field sharing the backbone,
+        :mod:`agedi_jax.forcefield`); off by default (no parameters, outputs unchanged).
       global_context: ``log N`` in the condition and a virtual-node update of the scalars
         in every layer (:mod:`agedi_jax.nn.context`).
       com_vector: input vector (and scalar) features from the offset to the centre of mass
@@ -322,10 +333,11 @@ class ScoreNetwork(nn.Module):
     com_scales: tuple[float, ...] = (1.0, 3.0, 10.0)
     normalize: bool = True
     norm_eps: float = 1.0
+    energy_head: bool = False
 
     def check_fields(self) -> None:
         """Raise ``ValueError`` naming a bad field (subclasses extend it)."""
-        check_heads(self.position_head, self.type_head)
+        check_heads(self.position_head, self.type_head, self.energy_head)
         check_positive("cutoff", self.cutoff)
         check_positive("avg_num_neighbors", self.avg_num_neighbors)
         if self.num_layers < 1:
@@ -355,8 +367,8 @@ class ScoreNetwork(nn.Module):
 
         Returns:
           ``Scores(positions [n, 3] (an equivariant vector, zero centre of mass along
-          non-periodic axes), types [n, K])``; padding atoms are exactly 0; an absent head
-          gives None.
+          non-periodic axes), types [n, K], energy [n] (an invariant per-atom scalar,
+          with ``energy_head``))``; padding atoms are exactly 0; an absent head gives None.
         """
         self.check_fields()
         validate_inputs(batch, t, label, edges, type_weights,
@@ -393,7 +405,7 @@ def average_num_neighbors(data: Iterable[Any] | AtomsBatch, cutoff: float) -> fl
     n_atoms = 0
     for item in items:
         if isinstance(item, AtomsBatch):
-            e = edge_vectors(AtomsBatch(*(jnp.asarray(x) for x in item)), cutoff)
+            e = edge_vectors(map_arrays(jnp.asarray, item), cutoff)
             n_edges += int(np.sum(np.asarray(e.mask)))
             n_atoms += int(np.sum(np.asarray(item.node_mask)))
         else:

@@ -28,7 +28,8 @@ Global inputs and stability (each a field, on by default; :mod:`agedi_jax.nn.con
 The target irreps are the hidden irreps plus one gate scalar per non-scalar channel. The
 last layer keeps only ``0e`` (+ ``1o`` when the position head is on), so every parameter
 reaches an output. Heads: ``Linear → 1x1o`` per atom (position output, projected to zero
-centre of mass) and an MLP on the ``0e`` channels → K type log-scores.
+centre of mass) and an MLP on the ``0e`` channels → K type log-scores; with ``energy_head``
+an MLP on the ``0e`` channels → one invariant per-atom energy (:mod:`agedi_jax.forcefield`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from agedi_jax.nn.common import (
     MLP,
     ScoreNetwork,
     bessel_basis,
+    finalize_energy,
     finalize_scores,
     polynomial_envelope,
     prepare_inputs,
@@ -232,5 +234,8 @@ class NequIP(ScoreNetwork):
         if self.type_head:
             s = jnp.concatenate([x.filter(keep="0e").array, cond_n], axis=-1)
             typ = MLP((self.features, self.num_types), activation=nn.silu, name="type_head")(s)
+        energy = None
+        if self.energy_head:
+            energy = MLP((self.features, 1), activation=nn.silu, name="energy_head")(x.filter(keep="0e").array)
         pos, typ = finalize_scores(batch, pos, typ)
-        return Scores(positions=pos, types=typ)
+        return Scores(positions=pos, types=typ, energy=finalize_energy(batch, energy))

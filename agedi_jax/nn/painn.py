@@ -28,7 +28,8 @@ normalised outputs of the first), so each residual update is bounded whatever th
 (two nearly coincident atoms no longer blow the output up).
 
 Heads: two gated equivariant blocks → one vector per atom (positions) and an MLP on
-``[s, cond]`` → K type log-scores. Differences from the original: a Bessel basis with a
+``[s, cond]`` → K type log-scores; with ``energy_head`` an MLP on ``s`` → one invariant
+per-atom energy (the learned force field, :mod:`agedi_jax.forcefield`). Differences from the original: a Bessel basis with a
 polynomial envelope instead of Gaussians with a cosine cutoff, message sums divided by
 ``sqrt(avg_num_neighbors)`` (a fixed rescaling), and the global inputs and normalisation above.
 """
@@ -45,6 +46,7 @@ from agedi_jax.nn.common import (
     MLP,
     ScoreNetwork,
     bessel_basis,
+    finalize_energy,
     finalize_scores,
     polynomial_envelope,
     prepare_inputs,
@@ -185,5 +187,8 @@ class PaiNN(ScoreNetwork):
             typ = MLP((f, self.num_types), activation=nn.silu, name="type_head")(
                 jnp.concatenate([s, cond_n], axis=-1)
             )
+        energy = None
+        if self.energy_head:
+            energy = MLP((f, 1), activation=nn.silu, name="energy_head")(s)
         pos, typ = finalize_scores(batch, pos, typ)
-        return Scores(positions=pos, types=typ)
+        return Scores(positions=pos, types=typ, energy=finalize_energy(batch, energy))

@@ -267,7 +267,7 @@ def prepare_config(config: Any, vocab: TypeVocab, train_structures: Sequence[Any
 
 
 def _predict_fn(model: Any):
-    from agedi_jax.model import compiled
+    from agedi_jax.cache import compiled
 
     def build():
         return jax.jit(lambda params, batch: model_energy_and_forces(model, params, batch))

@@ -34,9 +34,10 @@ from agedi_jax.batch import (
     collate,
     common_bucket,
 )
+from agedi_jax.cache import compiled
 from agedi_jax.config import Config, config_hash
 from agedi_jax.convert import atoms_from_batch, encode_structures
-from agedi_jax.model import DiffusionModel, compiled
+from agedi_jax.model import DiffusionModel
 from agedi_jax.sde import check_batch
 from agedi_jax.vocab import MASK
 

@@ -32,6 +32,7 @@ import optax
 from agedi_jax import discrete, forcefield, losses, samplers
 from agedi_jax import sde as sde_lib
 from agedi_jax.batch import AtomsBatch
+from agedi_jax.cache import compiled, compute_key  # noqa: F401  (compute_key: public through the model)
 from agedi_jax.config import Config, sde_params, type_schedule_params
 from agedi_jax.nn import make_network, network_fields
 from agedi_jax.scores import Scores, gaussian_skip, make_score_fn, mean_log_score
@@ -317,28 +318,6 @@ def apply_gradients(model: DiffusionModel, state: TrainState, grads: Any) -> Tra
     d = jnp.minimum(decay, (1.0 + step) / (10.0 + step)) if decay > 0 else 0.0
     ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
     return TrainState(step, params, opt_state, ema)
-
-
-_COMPILED: dict = {}
-
-
-def compute_key(model: DiffusionModel) -> tuple:
-    """What compiled code of a model depends on (not the data or sampling sections)."""
-    c = model.config
-    return (model.network, model.sde, model.process, model.loss_config, model.vocab, c.model, c.process, c.train,
-            model.energy_network)
-
-
-def compiled(kind: str, model: DiffusionModel, build: Callable[[], Any], *extra: Any) -> Any:
-    """The package's one cache of jitted functions: one per ``(kind, model, *extra)``, so
-    equal models (and equal sampler settings, meshes, ...) share compiled code across runs
-    of one process. ``build()`` makes the jitted function on a miss."""
-    key = (kind, compute_key(model), *extra)
-    if key not in _COMPILED:
-        if len(_COMPILED) > 64:
-            _COMPILED.clear()
-        _COMPILED[key] = build()
-    return _COMPILED[key]
 
 
 def _loss_fn(model: DiffusionModel) -> Callable:

@@ -264,9 +264,33 @@ def _bucket_key(reduced: Any) -> tuple[str, int]:
     return reduced.composition.reduced_formula, len(reduced)
 
 
-def _prepare(structures: Sequence[Any], matcher: Any) -> list:
-    from agedi_jax.evaluation.crystals import to_structure
+def _is_structure(obj: Any) -> bool:
+    from pymatgen.core import IStructure, Structure
 
+    return isinstance(obj, (Structure, IStructure))
+
+
+def to_structure(obj: Any) -> Any:
+    """pymatgen ``Structure`` of a crystal.
+
+    ``ase.Atoms`` are converted with ``AseAtomsAdaptor.get_structure`` as fully periodic
+    (their ``pbc`` flags are ignored; calculator and ``info`` are not carried over); the
+    cell must be 3D (``ValueError`` otherwise). A ``Structure`` is returned unchanged.
+    """
+    if _is_structure(obj):
+        return obj
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    if obj.cell.rank < 3:
+        raise ValueError(f"{obj.get_chemical_formula()}: cell of rank {obj.cell.rank}, a crystal needs a 3D cell")
+    atoms = obj.copy()
+    atoms.pbc = True
+    atoms.calc = None
+    atoms.info = {}
+    return AseAtomsAdaptor.get_structure(atoms)
+
+
+def _prepare(structures: Sequence[Any], matcher: Any) -> list:
     return [_reduced(matcher, to_structure(s)) for s in structures]
 
 

@@ -36,6 +36,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from agedi_jax.data.bulk import _is_structure, to_structure  # noqa: F401  (re-exported)
+
 __all__ = [
     "AMU_PER_A3_TO_G_PER_CM3",
     "COMPOSITION_PROPERTIES",
@@ -70,32 +72,6 @@ AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
 # --------------------------------------------------------------------------------------
 # Conversions
 # --------------------------------------------------------------------------------------
-
-
-def _is_structure(obj: Any) -> bool:
-    from pymatgen.core import IStructure, Structure
-
-    return isinstance(obj, (Structure, IStructure))
-
-
-def to_structure(obj: Any) -> Any:
-    """pymatgen ``Structure`` of a crystal.
-
-    ``ase.Atoms`` are converted with ``AseAtomsAdaptor.get_structure`` as fully periodic
-    (their ``pbc`` flags are ignored; calculator and ``info`` are not carried over); the
-    cell must be 3D (``ValueError`` otherwise). A ``Structure`` is returned unchanged.
-    """
-    if _is_structure(obj):
-        return obj
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    if obj.cell.rank < 3:
-        raise ValueError(f"{obj.get_chemical_formula()}: cell of rank {obj.cell.rank}, a crystal needs a 3D cell")
-    atoms = obj.copy()
-    atoms.pbc = True
-    atoms.calc = None
-    atoms.info = {}
-    return AseAtomsAdaptor.get_structure(atoms)
 
 
 def to_atoms(obj: Any) -> Any:

@@ -192,6 +192,9 @@ class ProcessConfig:
       type_schedule_params: any other field of the type schedule (e.g. ``sigma_min``,
         ``sigma_max`` of "geometric").
       t_eps: smallest time used in training and the end of the sampling grid.
+      t_beta_a, t_beta_b: training times are ``t_eps + (1 − t_eps) · Beta(a, b)``; (1, 1) is
+        uniform (the default). E.g. (3, 2) puts most of the effort around t ≈ 0.65 — with the
+        geometric schedule σ ≈ 0.2–1.5 Å, where the in-plane registry of a layer is decided.
       parametrization: "eps" (the network predicts the noise ε, score = −ε̂/std) or
         "score" (the network predicts the score, loss weighted by std²).
       independent_t: draw independent times for positions and types (else the same t).
@@ -212,6 +215,8 @@ class ProcessConfig:
     type_schedule: str = "loglinear"
     type_eps: float = 1e-3
     t_eps: float = 1e-3
+    t_beta_a: float = 1.0
+    t_beta_b: float = 1.0
     parametrization: str = "eps"
     independent_t: bool = False
     type_parametrization: str = "mean"
@@ -515,6 +520,7 @@ def validate(cfg: Config) -> None:
     except (ValueError, TypeError) as err:
         check(False, f"process.type_schedule={p.type_schedule!r}: {err}")
     check(0 < p.t_eps < 0.5, "process.t_eps must be in (0, 0.5)")
+    check(p.t_beta_a > 0 and p.t_beta_b > 0, "process.t_beta_a and process.t_beta_b must be > 0")
     check(p.parametrization in ("eps", "score"), f"process.parametrization={p.parametrization!r} (eps | score)")
     check(p.type_parametrization in ("mean", "direct"), f"process.type_parametrization={p.type_parametrization!r} (mean | direct)")
     check(not (p.independent_t and p.type_parametrization == "mean" and m.types and m.positions),

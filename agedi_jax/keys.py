@@ -16,7 +16,7 @@ from agedi_jax.batch import AtomsBatch
 
 Array = jax.Array
 
-__all__ = ["local_index", "graph_keys", "atom_keys", "atom_normal", "graph_uniform"]
+__all__ = ["local_index", "graph_keys", "atom_keys", "atom_normal", "graph_uniform", "graph_beta"]
 
 
 def local_index(batch: AtomsBatch) -> Array:
@@ -50,3 +50,10 @@ def graph_uniform(key: Array, batch: AtomsBatch, minval=0.0, maxval=1.0, dtype=N
     dtype = dtype or jnp.asarray(batch.positions).dtype
     gkeys = graph_keys(key, batch)
     return jax.vmap(lambda k: jax.random.uniform(k, (), dtype, minval, maxval))(gkeys)
+
+
+def graph_beta(key: Array, batch: AtomsBatch, a: float, b: float, dtype=None) -> Array:
+    """Beta(a, b) draws ``[g]`` keyed per graph slot (``fold_in(key, slot)``)."""
+    dtype = dtype or jnp.asarray(batch.positions).dtype
+    gkeys = graph_keys(key, batch)
+    return jax.vmap(lambda k: jax.random.beta(k, a, b, (), dtype))(gkeys)

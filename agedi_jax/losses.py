@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from agedi_jax import discrete
 from agedi_jax.batch import AtomsBatch
 from agedi_jax.geometry import free_atoms
-from agedi_jax.keys import atom_keys, graph_uniform
+from agedi_jax.keys import atom_keys, graph_beta, graph_uniform
 from agedi_jax.scores import PARAMETRIZATIONS, Scores, output_to_eps
 from agedi_jax.sde import SDE, VESDE, is_sde, noise_positions
 
@@ -67,6 +67,9 @@ class LossConfig:
       process: :class:`~agedi_jax.discrete.AbsorbingProcess`, or None for positions only.
       lambda_positions, lambda_types: weights λ_R, λ_z of Eq. 18.
       t_eps: times are drawn ``t ~ U(t_eps, 1)`` per graph.
+      t_beta: ``(a, b)``: draw ``t = t_eps + (1 − t_eps) u`` with ``u ~ Beta(a, b)`` instead
+        (``(1, 1)``, the default, is the uniform draw): puts more of the training effort on
+        a range of noise levels (no reweighting — the objective's emphasis changes).
       independent_t: draw the type time independently of the position time (the network
         is then given the position time; the absorbing type head can read its noise level
         from the fraction of MASK atoms).
@@ -84,6 +87,7 @@ class LossConfig:
     lambda_positions: float = 1.0
     lambda_types: float = 1.0
     t_eps: float = 1e-3
+    t_beta: tuple[float, float] = (1.0, 1.0)
     independent_t: bool = False
     parametrization: str = "eps"
     weighting: str = "std2"
@@ -107,6 +111,8 @@ class LossConfig:
             raise ValueError(f"LossConfig.weighting={self.weighting!r}; choose one of {_WEIGHTINGS}")
         if not 0.0 < self.t_eps < 1.0:
             raise ValueError(f"LossConfig.t_eps must lie in (0, 1), got {self.t_eps}")
+        if len(self.t_beta) != 2 or not all(x > 0 for x in self.t_beta):
+            raise ValueError(f"LossConfig.t_beta must be two positive numbers (a, b), got {self.t_beta}")
         if not 0.0 <= self.p_uncond <= 1.0:
             raise ValueError(f"LossConfig.p_uncond must lie in [0, 1], got {self.p_uncond}")
         if self.lambda_positions < 0 or self.lambda_types < 0:
@@ -208,7 +214,10 @@ def joint_loss(
     gi = batch.graph_index
     k_t, k_tz, k_drop, k_pos, k_types = (jax.random.fold_in(key, i) for i in range(5))
     if t is None:
-        t = graph_uniform(k_t, batch, config.t_eps, 1.0, dtype)
+        if tuple(config.t_beta) == (1.0, 1.0):
+            t = graph_uniform(k_t, batch, config.t_eps, 1.0, dtype)
+        else:
+            t = config.t_eps + (1.0 - config.t_eps) * graph_beta(k_t, batch, *config.t_beta, dtype=dtype)
     else:
         t = jnp.broadcast_to(jnp.asarray(t, dtype), (batch.num_graphs,))
     t_types = graph_uniform(k_tz, batch, config.t_eps, 1.0, dtype) if config.independent_t else t

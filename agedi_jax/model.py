@@ -229,6 +229,7 @@ def build_model(config: Config, vocab: TypeVocab, avg_num_neighbors: float | Non
         lambda_positions=t.lambda_positions,
         lambda_types=t.lambda_types,
         t_eps=config.process.t_eps,
+        t_beta=(float(config.process.t_beta_a), float(config.process.t_beta_b)),
         independent_t=config.process.independent_t,
         parametrization=config.process.parametrization,
         p_uncond=t.label_dropout if m.num_labels > 0 else 0.0,

@@ -305,3 +305,25 @@ def test_config_validation():
     with pytest.raises(TypeError, match="AbsorbingProcess"):
         L.LossConfig(process=3)
     hash(L.LossConfig(sde=VP, process=PROCESS))  # static-argument friendly
+
+
+def test_beta_time_draw_matches_its_law_and_config():
+    """``process.t_beta_a/b`` draw training times from t_eps + (1 − t_eps) Beta(a, b): the
+    per-graph draws follow that law (mean and variance), (1, 1) keeps the uniform draw."""
+    from agedi_jax.batch import EncodedStructure, collate
+    from agedi_jax.config import preset, replace
+    from agedi_jax.keys import graph_beta
+
+    n = 4000
+    enc = [EncodedStructure(np.zeros((1, 3)), np.ones(1, np.int32), np.zeros((3, 3)), np.zeros(3, bool),
+                            np.zeros(1, bool), 0, np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 3)))] * n
+    batch = collate(enc)
+    u = np.asarray(graph_beta(jax.random.key(0), batch, 3.0, 2.0))[:n]
+    assert abs(u.mean() - 0.6) < 0.01 and abs(u.var() - 0.04) < 0.004  # Beta(3, 2): mean 3/5, var 1/25
+    cfg = replace(preset("quickstart"), process={"t_beta_a": 3.0, "t_beta_b": 2.0})
+    from agedi_jax.model import build_model
+
+    model = build_model(cfg, TypeVocab(("Cu",)), avg_num_neighbors=3.0)
+    assert model.loss_config.t_beta == (3.0, 2.0)
+    with pytest.raises(ValueError, match="t_beta_a and process.t_beta_b must be > 0"):
+        replace(cfg, process={"t_beta_a": 0.0})

@@ -35,6 +35,8 @@ BASE = (
 C2DB: dict[str, Row] = {
     "base": Row(note="the committed model's settings (PaiNN 64x3, geometric VE 0.01-5 A)"),
     "weight_decay": Row(("train.weight_decay=0.05",), note="AdamW weight decay 0.05 (against the overfitting)"),
+    "t_beta": Row(("process.t_beta_a=3", "process.t_beta_b=2"),
+                  note="training times ~ Beta(3, 2): effort on sigma ~ 0.2-1.5 A, where the registry is decided"),
     "wide": Row(("model.features=96",), note="PaiNN 96x3 (capacity at equal wall time)"),
     "nequip": Row(("model.network=nequip", "model.features=64", "model.vector_features=32", "model.l_max=2"),
                   note="NequIP 64x3, l_max 2 (higher l at equal wall time)"),

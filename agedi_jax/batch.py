@@ -20,6 +20,14 @@ A batch holds ``g`` graph slots (structures) and ``n`` node slots (atoms), padde
   structures has all-False masks); a batch built by hand may leave them None, which every
   consumer reads as "no labels". Samplers drop them (they describe the template, not the
   sample).
+* Confinement (optional): ``z_window`` [g, 2] holds, per graph, the absolute Cartesian z
+  range ``[z_lo, z_hi]`` (Å) inside which the graph's free atoms live (slabs with pbc
+  (T, T, F): adsorbates and films above a fixed substrate). A graph is *confined* when
+  ``z_hi > z_lo``; ``[0, 0]`` means no window. :func:`collate` sets the field only when
+  some structure has a window (else None, and every consumer reads None as "no window
+  anywhere", so batches without windows compile and compute exactly as before). Along z
+  the position process of a confined graph is reflected at the walls
+  (:mod:`agedi_jax.sde`, :func:`agedi_jax.geometry.displace`).
 * Edges: the batch carries a static-shaped *edge template* — every ordered pair of atoms
   inside each structure times every periodic image shift that can come within the cutoff
   (``senders``, ``receivers``, ``shifts``; :mod:`agedi_jax.edges` builds it on the host and
@@ -85,9 +93,11 @@ class AtomsBatch(NamedTuple):
       forces: [n, 3] float reference forces, eV/Å (0 where unknown), or None.
       energy_mask: [g] bool, True where ``energy`` is a label, or None.
       force_mask: [n] bool, True where ``forces`` is a label, or None.
+      z_window: [g, 2] float absolute z window ``[z_lo, z_hi]`` of each graph's free
+        atoms, Å (``[0, 0]``: no window), or None (no graph has one).
 
-    The four label fields are optional (default None; see the module docstring), so
-    every constructor of the 15 structural fields keeps working.
+    The four label fields and ``z_window`` are optional (default None; see the module
+    docstring), so every constructor of the 15 structural fields keeps working.
     """
 
     positions: Any
@@ -109,6 +119,7 @@ class AtomsBatch(NamedTuple):
     forces: Any = None
     energy_mask: Any = None
     force_mask: Any = None
+    z_window: Any = None
 
     @property
     def has_labels(self) -> bool:
@@ -154,6 +165,8 @@ class AtomsBatch(NamedTuple):
         if self.has_labels:
             nodes.update(forces=self.forces, force_mask=self.force_mask)
             globals_.update(energy=self.energy, energy_mask=self.energy_mask)
+        if self.z_window is not None:
+            globals_.update(z_window=self.z_window)
         return jraph.GraphsTuple(
             nodes=nodes,
             edges={"shifts": self.shifts, "edge_mask": self.edge_mask},
@@ -190,6 +203,7 @@ class AtomsBatch(NamedTuple):
             forces=graph.nodes.get("forces"),
             energy_mask=graph.globals.get("energy_mask"),
             force_mask=graph.nodes.get("force_mask"),
+            z_window=graph.globals.get("z_window"),
         )
 
     def replace(self, **kwargs) -> "AtomsBatch":
@@ -241,6 +255,7 @@ class EncodedStructure(NamedTuple):
     shifts: np.ndarray  # [E, 3] float64
     energy: float | None = None  # eV, or None (unknown)
     forces: np.ndarray | None = None  # [N, 3] eV/Å, or None (unknown)
+    z_window: np.ndarray | None = None  # [2] absolute z window of the free atoms, Å, or None
 
     @property
     def num_atoms(self) -> int:
@@ -260,6 +275,9 @@ def collate(encoded: Sequence[EncodedStructure], bucket: Bucket | None = None) -
     Labels: the batch always gets the four label fields — energies and forces padded with
     0, ``energy_mask`` True where a structure's energy is known and finite, ``force_mask``
     True on the atoms of structures with known, finite forces of shape ``[N, 3]``.
+
+    Windows: ``z_window`` [g, 2] is set when some structure has one (``[0, 0]`` for the
+    others and for empty slots), else None.
     """
     if len(encoded) == 0:
         raise StructureError("empty list of structures: nothing to batch")
@@ -317,6 +335,12 @@ def collate(encoded: Sequence[EncodedStructure], bucket: Bucket | None = None) -
         ok = f is not None and f.shape == (s.num_atoms, 3) and bool(np.all(np.isfinite(f)))
         f_parts.append(f if ok else np.zeros((s.num_atoms, 3)))
         m_parts.append(np.full(s.num_atoms, ok))
+    z_window = None
+    if any(s.z_window is not None for s in encoded):
+        z_window = np.zeros((g, 2), np.float64)
+        for i, s in enumerate(encoded):
+            if s.z_window is not None:
+                z_window[i] = np.asarray(s.z_window, np.float64)
     return AtomsBatch(
         positions=pad([s.positions for s in encoded], n, 0.0, np.float64, (3,)),
         types=pad([s.types for s in encoded], n, MASK, np.int32),
@@ -337,6 +361,7 @@ def collate(encoded: Sequence[EncodedStructure], bucket: Bucket | None = None) -
         forces=pad(f_parts, n, 0.0, np.float64, (3,)),
         energy_mask=energy_mask,
         force_mask=pad(m_parts, n, False, bool),
+        z_window=z_window,
     )
 
 

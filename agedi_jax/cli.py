@@ -98,6 +98,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         energy_guidance=args.energy_guidance,
         guidance_potential=args.guidance_potential,
+        formula=args.formula.split(",") if args.formula else None,
+        z_window=args.z_window,
+        z_window_absolute=args.z_window_absolute,
         progress=not args.quiet,
     )
     path = write_extxyz(args.out, structures, model.config)
@@ -173,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-atoms", default=None, help="atoms per structure, comma separated (types generated)")
     p.add_argument("--composition", default=None, help="formulas, comma separated, e.g. Pt13,Cu13 (types fixed)")
     p.add_argument("--template", default=None, help="file of template structures (FixAtoms atoms stay fixed)")
+    p.add_argument("--formula", default=None,
+                   help="with --template: atoms added to every template (e.g. Pt4; comma separated for several), "
+                        "the template held fixed; --n-atoms N with --template adds N atoms of generated types")
+    p.add_argument("--z-window", nargs=2, type=float, default=None, metavar=("LO", "HI"),
+                   help="confine the new atoms of slab templates (pbc T,T,F) to z in [LO, HI] Å above the topmost "
+                        "fixed (with --formula: template) atom (default: the checkpoint's sample.z_window)")
+    p.add_argument("--z-window-absolute", action="store_true",
+                   help="--z-window LO HI are absolute Cartesian z (Å) in the template's cell")
     p.add_argument("--label", type=int, default=None, help="condition label (e.g. layer group)")
     p.add_argument("--guidance", type=float, default=None, help="guidance weight w (1 = conditional)")
     p.add_argument("--interpolate", default=None, help="type interpolation between two elements, e.g. Pt:Cu")

@@ -311,6 +311,10 @@ class SampleConfig:
         score (0 = no cap; noisy states can have overlapping atoms).
       guidance_in: "all" (every score evaluation is guided) or "corrector" (with
         ``sampler=pc``, only the Langevin corrector blends in the force field).
+      z_window: default z window ``"lo,hi"`` (Å above the topmost fixed atom) of slab
+        templates (pbc T, T, F) with fixed atoms, e.g. the window a surface model was
+        trained with; "" = none (:func:`agedi_jax.generate.sample_atoms`' ``z_window``
+        overrides it; :mod:`agedi_jax.surfaces`).
     """
 
     sampler: str = "em"
@@ -330,6 +334,7 @@ class SampleConfig:
     guidance_potential: str = "model"
     guidance_max_force: float = 10.0
     guidance_in: str = "all"
+    z_window: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -537,6 +542,13 @@ def validate(cfg: Config) -> None:
     check(s.batch_size >= 1, "sample.batch_size must be >= 1")
     check(d.max_atoms >= 1, "data.max_atoms must be >= 1")
     _validate_force_field(cfg, check)
+    if s.z_window:
+        from agedi_jax.surfaces import parse_z_window
+
+        try:
+            parse_z_window(s.z_window)
+        except ValueError as err:
+            check(False, f"sample.z_window={s.z_window!r}: {err}")
     check(0 <= d.val_fraction < 1, "data.val_fraction must be in [0, 1)")
 
 

@@ -11,6 +11,11 @@ Energy and force labels (:func:`atoms_labels`) are read from a calculator's stor
 results (``SinglePointCalculator``: ``atoms.get_potential_energy()`` / ``get_forces()``),
 else from ``atoms.info["energy"]`` / ``atoms.arrays["forces"]``, and written back by
 :func:`atoms_from_batch` as a ``SinglePointCalculator``.
+
+z windows (slabs whose free atoms are confined to ``[z_lo, z_hi]``,
+:mod:`agedi_jax.surfaces`): given to :func:`encode_structures` (``z_window=``), or read
+from ``atoms.info[agedi_jax.surfaces.Z_WINDOW_KEY]`` (Å above the topmost fixed atom),
+validated and stored as absolute z in ``EncodedStructure.z_window``.
 """
 
 from __future__ import annotations
@@ -143,6 +148,19 @@ def atoms_labels(atoms: Any) -> tuple[float | None, np.ndarray | None]:
     return energy, forces
 
 
+def _window_list(z_window: Any, n: int) -> list | None:
+    """``z_window`` as one entry (None or a pair) per structure; None: read from info."""
+    if z_window is None:
+        return None
+    numbers = (int, float, np.integer, np.floating)
+    if isinstance(z_window, str) or (len(z_window) == 2 and all(isinstance(v, numbers) for v in z_window)):
+        return [z_window] * n
+    windows = list(z_window)
+    if len(windows) != n:
+        raise ValueError(f"{len(windows)} z windows for {n} structures")
+    return windows
+
+
 def encode_structures(
     atoms_list: Sequence[Any],
     vocab: TypeVocab,
@@ -154,6 +172,9 @@ def encode_structures(
     max_atoms: int | None = None,
     masked_types: bool = False,
     read_labels: bool = True,
+    z_window: Any = None,
+    z_window_relative: bool = True,
+    check_window: bool = True,
 ) -> list[EncodedStructure]:
     """Validate and encode structures (with their edge templates) for :func:`collate`.
 
@@ -161,6 +182,15 @@ def encode_structures(
     subsets is much cheaper than rebuilding templates for every batch.
 
     ``read_labels``: read energies and forces (:func:`atoms_labels`; None where absent).
+
+    ``z_window``: confine the free atoms to a z window (:mod:`agedi_jax.surfaces`): one
+    ``(lo, hi)`` in Å for every structure, or one entry (a pair or None) per structure;
+    relative to the topmost fixed atom unless ``z_window_relative=False`` (absolute z).
+    Default None: each structure's ``atoms.info[Z_WINDOW_KEY]`` (relative) if present,
+    else no window. ``check_window``: free atoms must lie inside their window (training
+    data; templates whose free atoms the prior replaces may skip it). Bad windows raise
+    :class:`StructureError` naming the structure
+    (:func:`agedi_jax.surfaces.resolve_z_window`).
     """
     if len(atoms_list) == 0:
         raise StructureError("empty list of structures: nothing to batch")
@@ -178,6 +208,12 @@ def encode_structures(
         raise ValueError(f"{len(fixed)} fixed masks for {len(atoms_list)} structures")
 
     found = [atoms_labels(a) for a in atoms_list] if read_labels else [(None, None)] * len(atoms_list)
+    windows = _window_list(z_window, len(atoms_list))
+    relative = bool(z_window_relative) if windows is not None else True
+    if windows is None:
+        from agedi_jax.surfaces import Z_WINDOW_KEY
+
+        windows = [a.info.get(Z_WINDOW_KEY) for a in atoms_list]
 
     out = []
     for k, atoms in enumerate(atoms_list):
@@ -197,6 +233,12 @@ def encode_structures(
         cell = np.asarray(atoms.cell, np.float64).copy()
         pbc = np.asarray(atoms.pbc, bool).copy()
         snd, rcv, shf = edge_template(na, cell, pbc, cutoff)
+        window = None
+        spec = windows[k]
+        if spec is not None and not (isinstance(spec, str) and spec.strip().lower() in ("", "none", "off")):
+            from agedi_jax.surfaces import resolve_z_window
+
+            window = resolve_z_window(atoms, spec, f, relative=relative, check_free=check_window, k=k)
         out.append(
             EncodedStructure(
                 positions=np.asarray(atoms.positions, np.float64).copy(),
@@ -210,6 +252,7 @@ def encode_structures(
                 shifts=shf,
                 energy=found[k][0],
                 forces=found[k][1],
+                z_window=window,
             )
         )
     return out
@@ -227,6 +270,9 @@ def batch_from_atoms(
     max_atoms: int | None = None,
     masked_types: bool = False,
     read_labels: bool = True,
+    z_window: Any = None,
+    z_window_relative: bool = True,
+    check_window: bool = True,
 ) -> AtomsBatch:
     """Build a padded :class:`AtomsBatch` (numpy arrays, float64) from ``ase.Atoms``.
 
@@ -244,6 +290,8 @@ def batch_from_atoms(
       masked_types: set every non-fixed atom's type to MASK (for sampling templates).
       read_labels: carry energies and forces (:func:`atoms_labels`) in the batch's
         label fields (:class:`~agedi_jax.batch.AtomsBatch`).
+      z_window, z_window_relative, check_window: z windows of slabs
+        (:func:`encode_structures`).
 
     Returns:
       An :class:`AtomsBatch` of numpy arrays; ``jax.numpy`` converts it at the jit
@@ -259,6 +307,9 @@ def batch_from_atoms(
         max_atoms=max_atoms,
         masked_types=masked_types,
         read_labels=read_labels,
+        z_window=z_window,
+        z_window_relative=z_window_relative,
+        check_window=check_window,
     )
     return collate(encoded, bucket)
 

@@ -6,7 +6,12 @@ Three ways to say what to generate (paper Sec. III):
 * ``n_atoms``: only the number of atoms — positions and types are generated (joint model);
 * ``compositions``: formulas such as ``"Pt13"`` — types fixed, positions generated;
 * ``templates``: ``ase.Atoms`` with cell and pbc (2D materials) and optionally fixed atoms
-  (ASE ``FixAtoms``), which keep their positions and types (inpainting).
+  (ASE ``FixAtoms``), which keep their positions and types (inpainting);
+* ``templates`` with ``formula`` (or ``n_atoms``): new atoms added to every template — a
+  substrate slab whose atoms are all held fixed — with the formula's types (or generated
+  types), placed by the prior; on a slab (pbc T, T, F) they are confined to a z window
+  (``z_window=(lo, hi)``, Å above the topmost template atom; :mod:`agedi_jax.surfaces`).
+  The samples keep the template's own constraints and tags (new atoms: free, tag 0).
 
 Options: a label and guidance weight ``w`` (classifier-free guidance, Eq. 19), type
 interpolation between two elements (Eq. 20), the samplers of :mod:`agedi_jax.samplers`,
@@ -36,7 +41,7 @@ from agedi_jax.batch import (
 )
 from agedi_jax.cache import compiled
 from agedi_jax.config import Config, config_hash
-from agedi_jax.convert import atoms_from_batch, encode_structures
+from agedi_jax.convert import atoms_from_batch, encode_structures, fixed_mask
 from agedi_jax.model import DiffusionModel
 from agedi_jax.sde import check_batch
 from agedi_jax.vocab import MASK
@@ -139,7 +144,8 @@ class CompiledSampler(NamedTuple):
       (positions, MASK for generated types);
     * ``advance(params, key, state, i0, i1, w) -> state`` — steps ``i0 .. i1 − 1`` of the
       time grid (traced bounds: every chunk shares one compilation);
-    * ``finish(params, key, state, w) -> state`` — resolve MASKs, Tweedie denoising.
+    * ``finish(params, key, state, w) -> state`` — resolve MASKs, Tweedie denoising;
+    * ``whole`` — all of it in one program (:meth:`lower` for ahead-of-time compilation).
 
     With a mesh, ``template``, ``generate_types`` and ``state`` are stacked over its
     devices. Calling the object runs all three."""
@@ -148,6 +154,13 @@ class CompiledSampler(NamedTuple):
     advance: Any
     finish: Any
     num_steps: int
+    whole: Any = None
+
+    def lower(self, params, key, template, generate_types, w):
+        """``jax.jit(...).lower`` of the whole reverse diffusion as ONE compiled program
+        (prior, a ``lax.scan`` over every step, final step; same numbers as the chunks) —
+        for ahead-of-time compilation and benchmarks: ``run.lower(...).compile()(...)``."""
+        return self.whole.lower(params, key, template, generate_types, jnp.float32(w))
 
     def chunks(self, size: int | None = None) -> list[tuple[int, int]]:
         """``[(i0, i1), ...]`` covering the grid in chunks of ``size`` steps (default: about
@@ -211,6 +224,13 @@ def _build_sampler(model: DiffusionModel, guided: bool, interpolate, cfg: Config
     def finish(params, key, state: AtomsBatch, w) -> AtomsBatch:
         return samplers.sample_finish(jax.random.fold_in(key, 1), state, score(params, w)[0], grid, final)
 
+    def whole(params, key, template: AtomsBatch, generate_types: jax.Array, w: jax.Array) -> AtomsBatch:
+        state = start(params, key, template, generate_types, w)
+        score_fn, guided_step = score(params, w)
+        state = samplers.sample_steps(jax.random.fold_in(key, 1), state, score_fn, guided_step, grid, 0,
+                                      cfg.sample.steps)
+        return finish(params, key, state, w)
+
     if mesh is not None:
         from agedi_jax import parallel
 
@@ -218,7 +238,8 @@ def _build_sampler(model: DiffusionModel, guided: bool, interpolate, cfg: Config
         advance = _checked(parallel.shard_parallel(advance, mesh, stacked=(False, False, True, False, False, False)),
                            mesh, 2)
         finish = _checked(parallel.shard_parallel(finish, mesh, stacked=(False, False, True, False)), mesh, 2)
-    return CompiledSampler(jax.jit(start), jax.jit(advance), jax.jit(finish), cfg.sample.steps)
+        whole = _checked(parallel.shard_parallel(whole, mesh, stacked=(False, False, True, True, False)), mesh, 2)
+    return CompiledSampler(jax.jit(start), jax.jit(advance), jax.jit(finish), cfg.sample.steps, jax.jit(whole))
 
 
 def _checked(fn, mesh: Any, index: int):
@@ -259,6 +280,9 @@ def sample_atoms(
     guidance_potential: str | None = None,
     guidance_on: str | None = None,
     guidance_zeta: float | None = None,
+    formula: str | Sequence[str] | None = None,
+    z_window: Any = None,
+    z_window_absolute: bool = False,
     progress: bool = False,
     mesh: Any = None,
     shards_per_device: int = 1,
@@ -284,6 +308,17 @@ def sample_atoms(
         (``"model"``, needs ``model.energy_head``) or EMT (``"emt"``), evaluated on the
         noisy state (``"xt"``) or the denoised estimate (``"x0"``)
         (:func:`agedi_jax.samplers.energy_guided`). Each scale value compiles once.
+      formula: with ``templates``, the formula(s) of the atoms added to every template
+        (e.g. ``"Pt4"``; each template × formula × ``num_samples``, default 1); every
+        template atom is held fixed while sampling. ``n_atoms`` with ``templates`` adds
+        that many atoms whose types are generated (joint model). Without templates,
+        ``formula`` is ``compositions``.
+      z_window: ``(lo, hi)`` Å: confine the free atoms of slab templates (pbc T, T, F) to
+        this z window, relative to the topmost fixed atom (with ``formula``: the topmost
+        template atom) unless ``z_window_absolute``; default: the template's
+        ``info[agedi_jax.surfaces.Z_WINDOW_KEY]``, else ``sample.z_window`` of the config
+        for slab templates with fixed atoms. Bad windows (empty, outside the cell,
+        overlapping the fixed atoms, taller than the model's noise σ(1)) raise ValueError.
       progress: show a progress bar over the sampler's steps (after a "compiling…" line).
       mesh: a device mesh (:func:`agedi_jax.parallel.make_mesh`): every batch is split
         into ``mesh.size × shards_per_device`` contiguous shards, one block per device
@@ -295,7 +330,7 @@ def sample_atoms(
         generate_types=generate_types, label=label, guidance=guidance, interpolate=interpolate,
         sampler=sampler, type_sampler=type_sampler, steps=steps, grid=grid, seed=seed, batch_size=batch_size,
         energy_guidance=energy_guidance, guidance_potential=guidance_potential, guidance_on=guidance_on,
-        guidance_zeta=guidance_zeta,
+        guidance_zeta=guidance_zeta, formula=formula, z_window=z_window, z_window_absolute=z_window_absolute,
     )
     s = req.config.sample
     n = len(req.structures)
@@ -434,6 +469,8 @@ class SampleRequest(NamedTuple):
     interpolate: tuple[int, int] | None
     interpolate_names: tuple[str, str] | None
     encoded: list
+    windows: list | None = None  # per structure: absolute z window [2] (Å) or None
+    origins: list | None = None  # per structure: the template atoms were added to, or None
 
     def frame_info(self, model: DiffusionModel, i: int) -> dict:
         """``atoms.info`` of generated structure ``i``."""
@@ -452,6 +489,8 @@ class SampleRequest(NamedTuple):
         }
         if self.interpolate_names is not None:
             d["interpolate"] = f"{self.interpolate_names[0]}:{self.interpolate_names[1]}"
+        if self.windows is not None and self.windows[i] is not None:
+            d["sample_z_window"] = [float(v) for v in self.windows[i]]  # absolute z, Å
         return d
 
     def to_atoms(self, model: DiffusionModel, result: AtomsBatch, indices: Sequence[int]) -> list:
@@ -463,6 +502,20 @@ class SampleRequest(NamedTuple):
             src = self.structures[i]
             if not a.pbc.any() and src.pbc.any():
                 a.cell = src.cell
+            if self.windows is not None and self.windows[i] is not None:
+                # fixed atoms never moved: give them back exactly (float64, unwrapped) as in the template
+                held = np.asarray(self.encoded[i].fixed, bool)
+                a.positions[held] = np.asarray(src.positions, np.float64)[held]
+            origin = None if self.origins is None else self.origins[i]
+            if origin is not None:  # the template's own constraints and tags; added atoms free, tag 0
+                from ase.constraints import FixAtoms
+
+                n_t = len(origin)
+                keep = np.where(fixed_mask(origin))[0]
+                a.set_constraint(FixAtoms(indices=keep) if keep.size else None)
+                tags = np.zeros(len(a), int)
+                tags[:n_t] = origin.get_tags()
+                a.set_tags(tags)
         return atoms
 
 
@@ -487,6 +540,9 @@ def prepare_request(
     guidance_potential: str | None = None,
     guidance_on: str | None = None,
     guidance_zeta: float | None = None,
+    formula=None,
+    z_window: Any = None,
+    z_window_absolute: bool = False,
 ) -> SampleRequest:
     """Validate a sampling request on the host (arguments of :func:`sample_atoms`)."""
     if num_samples is not None and (not isinstance(num_samples, (int, np.integer)) or num_samples < 1):
@@ -500,10 +556,24 @@ def prepare_request(
         from agedi_jax.config import replace
 
         cfg = replace(cfg, sample=updates)
-    structures, gen = make_templates(
-        model, n_atoms=n_atoms, compositions=compositions, templates=templates,
-        num_samples=num_samples, generate_types=generate_types,
-    )
+    formulas = [str(x) for x in _as_list(formula)]
+    if formulas and _as_list(compositions):
+        raise ValueError("give formula or compositions, not both")
+    tmpl = _as_list(templates)
+    adding = bool(tmpl) and bool(formulas or _as_list(compositions) or _as_list(n_atoms))
+    origins = fixed = None
+    if adding:
+        structures, gen, fixed, origins, abs_windows = _added_atoms(
+            model, cfg, tmpl, n_atoms, formulas or [str(x) for x in _as_list(compositions)], num_samples,
+            z_window, z_window_absolute,
+        )
+    else:
+        structures, gen = make_templates(
+            model, n_atoms=n_atoms, compositions=formulas or compositions, templates=templates,
+            num_samples=num_samples, generate_types=generate_types,
+        )
+        abs_windows = _template_windows(cfg, structures, z_window, z_window_absolute, bool(tmpl))
+    _check_windows(model, abs_windows)
     n = len(structures)
     labels = [int(x) for x in _as_list(label)]
     if len(labels) == 1:
@@ -535,5 +605,123 @@ def prepare_request(
         names = (str(interpolate[0]), str(interpolate[1]))
         interp = (model.vocab.index(names[0]), model.vocab.index(names[1]))
         gen = [True] * n
-    encoded = encode_structures(structures, model.vocab, cfg.model.cutoff, labels=net_labels, max_atoms=cfg.data.max_atoms)
-    return SampleRequest(cfg, structures, gen, labels, w, guided, interp, names, encoded)
+    windowed = any(x is not None for x in abs_windows)
+    encoded = encode_structures(
+        structures, model.vocab, cfg.model.cutoff, labels=net_labels, max_atoms=cfg.data.max_atoms, fixed=fixed,
+        z_window=abs_windows if windowed else None, z_window_relative=False, check_window=False,
+    )
+    if windowed:  # exact: pairs of fixed atoms beyond the cutoff never enter the network (nor EMT)
+        from agedi_jax.surfaces import prune_fixed_pairs
+
+        cut = cfg.model.cutoff
+        if cfg.sample.energy_guidance > 0 and cfg.sample.guidance_potential == "emt":
+            from agedi_jax.potentials.emt import emt_constants
+
+            cut = max(cut, float(emt_constants().rc_list))
+        encoded = [prune_fixed_pairs(e, cut) if e.z_window is not None else e for e in encoded]
+    return SampleRequest(cfg, structures, gen, labels, w, guided, interp, names, encoded,
+                         abs_windows if windowed else None, origins)
+
+
+def _window_spec(explicit: Any, atoms: Any, cfg: Config, fixed: np.ndarray) -> tuple[Any, bool]:
+    """The window asked for a template (explicit > ``info[Z_WINDOW_KEY]`` > the config's
+    ``sample.z_window`` for slabs with fixed atoms) and whether it is the explicit one."""
+    from agedi_jax.surfaces import Z_WINDOW_KEY, parse_z_window
+
+    if explicit is not None:
+        return explicit, True
+    if atoms.info.get(Z_WINDOW_KEY) is not None:
+        return parse_z_window(atoms.info[Z_WINDOW_KEY]), False
+    if cfg.sample.z_window and list(np.asarray(atoms.pbc, bool)) == [True, True, False] and fixed.any():
+        return parse_z_window(cfg.sample.z_window), False
+    return None, False
+
+
+def _template_windows(cfg: Config, structures: list, z_window: Any, absolute: bool, templates: bool) -> list:
+    """Absolute z windows (or None) of plain templates (their FixAtoms atoms fixed)."""
+    from agedi_jax.surfaces import parse_z_window, resolve_z_window
+
+    explicit = parse_z_window(z_window)
+    if not templates:
+        if explicit is not None:
+            raise ValueError("a z window needs templates: give the slab(s) to generate on (templates=, --template)")
+        return [None] * len(structures)
+    out = []
+    for k, atoms in enumerate(structures):
+        f = fixed_mask(atoms)
+        spec, given = _window_spec(explicit, atoms, cfg, f)
+        rel = not (given and absolute)
+        out.append(None if spec is None else resolve_z_window(atoms, spec, f, relative=rel, check_free=False, k=k))
+    return out
+
+
+def _added_atoms(model: DiffusionModel, cfg: Config, templates: list, n_atoms, formulas: list, num_samples,
+                 z_window: Any, absolute: bool):
+    """Templates with atoms added (:func:`agedi_jax.surfaces.add_atoms`): structures, whether
+    their types are generated, fixed masks (every template atom), the original templates
+    and the absolute windows, one per (template, addition, copy)."""
+    from ase import Atoms
+
+    from agedi_jax.surfaces import add_atoms, parse_z_window, resolve_z_window
+
+    if num_samples is not None and (not isinstance(num_samples, (int, np.integer)) or num_samples < 1):
+        raise ValueError(f"num_samples must be a whole number >= 1, got {num_samples!r}")
+    reps = 1 if num_samples is None else int(num_samples)
+    additions = []
+    for nn in [int(x) for x in _as_list(n_atoms)]:
+        if not model.config.model.types:
+            raise ValueError(
+                "this model does not generate atomic types (model.types is off): give the added atoms' formula"
+            )
+        if nn < 1:
+            raise ValueError(f"n_atoms must be >= 1, got {nn}")
+        additions.append((Atoms([model.vocab.symbols[0]] * nn), True))
+    for f in formulas:
+        try:
+            add = Atoms(f)
+        except Exception:
+            raise ValueError(f"formula {f!r} is not a chemical formula") from None
+        if len(add) == 0:
+            raise ValueError(f"formula {f!r} has no atoms")
+        additions.append((add, False))
+    explicit = parse_z_window(z_window)
+    out, gen, fixed, origins, windows = [], [], [], [], []
+    for k, t in enumerate(templates):
+        if len(t) == 0:
+            raise StructureError(f"template {k} is empty: nothing to add atoms to")
+        all_fixed = np.ones(len(t), bool)
+        spec, given = _window_spec(explicit, t, cfg, all_fixed)
+        slab = list(np.asarray(t.pbc, bool)) == [True, True, False]
+        if spec is None and slab:
+            raise ValueError(
+                f"template {k} is a slab (pbc T, T, F): atoms added to it need a z window "
+                "(z_window=(lo, hi) Å above the topmost template atom; --z-window LO HI)"
+            )
+        rel = not (given and absolute)
+        window = None if spec is None else resolve_z_window(t, spec, all_fixed, relative=rel, check_free=False, k=k)
+        for add, g in additions:
+            structure, f = add_atoms(t, add, window)
+            for _ in range(reps):
+                out.append(structure.copy())
+                gen.append(g)
+                fixed.append(f)
+                origins.append(t)
+                windows.append(window)
+    return out, gen, fixed, origins, windows
+
+
+def _check_windows(model: DiffusionModel, windows: list) -> None:
+    """A window needs a model of positions whose noise σ(1) is at least the window's
+    height (else its prior, uniform in the window, is far from the noised data)."""
+    heights = [float(w[1] - w[0]) for w in windows if w is not None]
+    if not heights:
+        return
+    if model.sde is None:
+        raise ValueError("a z window confines positions, but this model does not generate them (model.positions is off)")
+    reach = float(model.sde.prior_std)
+    if max(heights) > reach:
+        raise ValueError(
+            f"the z window is {max(heights):.2f} Å tall but this model's noise reaches only σ(1) = {reach:.2f} Å: "
+            "its prior, uniform in the window, would not match the noised data; use a window at most "
+            f"{reach:.2f} Å tall (or a model trained with a larger process.sigma_max)"
+        )

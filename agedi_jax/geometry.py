@@ -9,7 +9,11 @@ Every function takes an :class:`~agedi_jax.batch.AtomsBatch` and per-atom arrays
 * **zero-CoM axes** (:func:`com_axes`): the non-periodic axes of graphs without fixed
   atoms. Along them noise, prior samples and scores live in the zero-centre-of-mass
   subspace (translation invariance of clusters and of z in a 2D material); fixed atoms
-  anchor the frame of their graph instead.
+  anchor the frame of their graph instead;
+* **confined graphs** (:func:`confined`): graphs with a z window (``batch.z_window``,
+  slabs); the z of their free atoms lives in ``[z_lo, z_hi]`` and is brought back into it
+  by reflection at the walls (:func:`reflect_into`, :func:`confine_positions`); z is never
+  a zero-CoM axis of a confined graph.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ __all__ = [
     "inv3",
     "safe_cell",
     "wrap_positions",
+    "confined",
+    "reflect_into",
+    "confine_positions",
     "displace",
 ]
 
@@ -71,8 +78,12 @@ def has_fixed(batch: AtomsBatch) -> Array:
 def com_axes(batch: AtomsBatch) -> Array:
     """[g, 3] bool: the axes along which a graph's positions live in the zero-centre-of-mass
     subspace — non-periodic axes of real graphs that have no fixed atoms (fixed atoms
-    anchor the frame, so such graphs are not projected)."""
-    return (~batch.pbc.astype(bool)) & (batch.graph_mask & ~has_fixed(batch))[:, None]
+    anchor the frame, so such graphs are not projected) — except z of a confined graph
+    (:func:`confined`), whose walls fix the frame along z."""
+    axes = (~batch.pbc.astype(bool)) & (batch.graph_mask & ~has_fixed(batch))[:, None]
+    if batch.z_window is None:
+        return axes
+    return axes & ~(confined(batch)[:, None] & (jnp.arange(3) == 2)[None, :])
 
 
 def remove_com(batch: AtomsBatch, x: Any) -> Array:
@@ -132,12 +143,57 @@ def wrap_positions(batch: AtomsBatch, positions: Any) -> Array:
     return x - jnp.einsum("ni,nij->nj", shift, cell[gi])
 
 
+def confined(batch: AtomsBatch) -> Array:
+    """[g] bool: real graphs with a z window (``z_hi > z_lo`` in ``batch.z_window``); all
+    False when the batch has no ``z_window``."""
+    gm = jnp.asarray(batch.graph_mask, bool)
+    if batch.z_window is None:
+        return jnp.zeros_like(gm)
+    w = jnp.asarray(batch.z_window)
+    return gm & (w[:, 1] > w[:, 0])
+
+
+def reflect_into(z: Any, lo: Any, hi: Any) -> Array:
+    """Fold ``z`` into ``[lo, hi]`` by reflection at both walls (elementwise, Å): the
+    triangle wave ``lo + L − |((z − lo) mod 2L) − L|`` with ``L = hi − lo``, i.e. where a
+    point that moved from inside the window to ``z`` ends up when it bounces off the
+    walls. Values already inside come back bit-identical; where ``hi <= lo`` (no window)
+    ``z`` is returned unchanged."""
+    z = jnp.asarray(z)
+    lo = jnp.asarray(lo, z.dtype)
+    hi = jnp.asarray(hi, z.dtype)
+    width = hi - lo
+    ok = width > 0
+    safe = jnp.where(ok, width, 1.0)
+    u = jnp.mod(z - lo, 2.0 * safe)
+    folded = jnp.clip(lo + jnp.where(u > safe, 2.0 * safe - u, u), lo, hi)  # rounding never leaves
+    inside = (z >= lo) & (z <= hi)
+    return jnp.where(ok & ~inside, folded, z)
+
+
+def confine_positions(batch: AtomsBatch, positions: Any) -> Array:
+    """Positions ``[n, 3]`` with the z of every free atom of a confined graph reflected
+    into its window (:func:`reflect_into`); other atoms, and atoms already inside, are
+    returned bit-identical. The identity when the batch has no ``z_window``."""
+    x = jnp.asarray(positions)
+    if batch.z_window is None:
+        return x
+    w = jnp.asarray(batch.z_window, x.dtype)[batch.graph_index]
+    sel = confined(batch)[batch.graph_index] & free_atoms(batch)
+    z = jnp.where(sel, reflect_into(x[:, 2], w[:, 0], w[:, 1]), x[:, 2])
+    return x.at[:, 2].set(z)
+
+
 def displace(batch: AtomsBatch, positions: Any, dx: Any) -> Array:
     """``positions + dx`` for free atoms only, with ``dx`` projected onto the zero-CoM
-    subspace along :func:`com_axes` (the centre of mass is kept exactly) and the result
-    wrapped along periodic axes; fixed and padding atoms keep their positions. Shapes
+    subspace along :func:`com_axes` (the centre of mass is kept exactly), the result
+    wrapped along periodic axes and, in confined graphs, reflected back into the z window
+    (:func:`confine_positions`); fixed and padding atoms keep their positions. Shapes
     ``[n, 3]``, Å. Every sampler step moves atoms through this function."""
     x = jnp.asarray(positions)
     dx = jnp.where(free_atoms(batch)[:, None], dx, 0.0)
     dx = remove_com(batch, dx)
-    return wrap_positions(batch, x + dx)
+    out = wrap_positions(batch, x + dx)
+    if batch.z_window is None:
+        return out
+    return confine_positions(batch, out)

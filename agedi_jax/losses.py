@@ -17,7 +17,9 @@ real, non-fixed atoms of the batch (sum over those atoms divided by their count 
 by padded sizes); fixed atoms and padding contribute nothing.
 
 On periodic axes the target ``ε`` is ``−std ×`` the wrapped-normal score
-(:func:`agedi_jax.sde.noise_positions`); elsewhere it is the drawn Gaussian noise,
+(:func:`agedi_jax.sde.noise_positions`), along z of a graph with a z window (a slab whose
+free atoms are confined, ``AtomsBatch.z_window``) ``−std ×`` the reflected-normal score
+(:func:`agedi_jax.sde.reflected_normal_score`); elsewhere it is the drawn Gaussian noise,
 projected onto the zero-centre-of-mass subspace.
 
 **The network** is ``apply_fn(params, noisy_batch, t[g], label[g]) -> Scores(positions=[n,3]

@@ -271,6 +271,8 @@ def _to_global_slots(local: AtomsBatch, offset: int, num_slots: int) -> AtomsBat
     labels = {}
     if local.has_labels:
         labels = dict(energy=slots(local.energy), energy_mask=slots(local.energy_mask, False))
+    if local.z_window is not None:
+        labels["z_window"] = slots(local.z_window)
     return local._replace(
         cell=slots(local.cell),
         pbc=slots(local.pbc, False),
@@ -332,6 +334,8 @@ def stack_shards(
             continue
         local = collate(chunk, Bucket(bucket.n_node, bucket.n_edge, len(chunk) + 1))
         out.append(_to_global_slots(local, int(offsets[d]), bucket.n_graph))
+    if any(b.z_window is not None for b in out):  # one pytree structure for every shard
+        out = [b if b.z_window is not None else b._replace(z_window=np.zeros((bucket.n_graph, 2))) for b in out]
     return AtomsBatch(*(None if xs[0] is None else np.stack(xs) for xs in zip(*out)))
 
 

@@ -29,7 +29,10 @@ that :func:`joint` can share one call. Every step uses the grid's own ``Δt = t_
 and adds the update to the current position. Invariants kept after every step: fixed
 atoms never move and never change type, padding atoms stay at 0 (and their type), updates
 are projected onto the zero-CoM subspace along :func:`~agedi_jax.geometry.com_axes` (the
-centre of mass is kept), positions are wrapped along periodic axes.
+centre of mass is kept), positions are wrapped along periodic axes, and in graphs with a z
+window (``AtomsBatch.z_window``, slabs) the z of free atoms is reflected back into the
+window (:func:`~agedi_jax.geometry.displace`; the prior is uniform there,
+:func:`agedi_jax.sde.prior_sample`).
 
 Randomness: step ``i`` of :func:`sample` uses ``fold_in(key, i)``; inside a step the
 score call, the position noise, the type draw and corrector ``j`` use

@@ -38,6 +38,20 @@ Batch conventions (the batch-level functions below; geometry in :mod:`agedi_jax.
   can be comparable to the cell. Non-periodic directions (z of a 2D material) stay
   Gaussian. The periodic lattice vectors are assumed orthogonal to the non-periodic
   Cartesian axes whenever those are zero-CoM axes (true for 2D materials in the xy plane).
+* **Confined graphs** (a z window ``[z_lo, z_hi]`` in ``batch.z_window``; slabs with pbc
+  (T, T, F) and in-plane lattice vectors, :func:`agedi_jax.geometry.confined`): along z
+  the VE process is *reflected Brownian motion* in the window — noising is
+  ``z_t = reflect(z_0 + std·ε)`` (:func:`agedi_jax.geometry.reflect_into`), whose kernel
+  is the Gaussian summed over its mirror images in the two walls
+  (:func:`reflected_normal_density`); its score (:func:`reflected_normal_score`, zero at
+  the walls) is the DSM target along z, every sampler step reflects z back into the window
+  (:func:`agedi_jax.geometry.displace`), and the prior (:func:`prior_sample`) is uniform
+  in the window and uniform in the cell's a–b plane — the limit of the kernel when
+  ``std(1)`` is large against the window and the cell. Reflection rather than truncation:
+  reflected Brownian motion is a Markov process with this closed-form kernel that keeps
+  all its mass in the window and tends to the uniform prior, so the time reversal with
+  the learned score is exact in the limit (a truncated Gaussian is not the marginal of
+  any such process). Only SDEs without drift (``periodic = True``: VE) can be confined.
 """
 
 from __future__ import annotations
@@ -54,12 +68,15 @@ from agedi_jax.batch import AtomsBatch
 from agedi_jax.geometry import (
     centre,
     com_axes,
+    confine_positions,
+    confined,
     free_atoms,
     inv3,
+    reflect_into,
     remove_com,
     wrap_positions,
 )
-from agedi_jax.keys import atom_normal
+from agedi_jax.keys import atom_keys, atom_normal
 
 Array = jax.Array
 
@@ -80,6 +97,8 @@ __all__ = [
     "batch_drift",
     "check_batch",
     "wrapped_normal_score",
+    "reflected_normal_score",
+    "reflected_normal_density",
     "noise_positions",
     "prior_sample",
 ]
@@ -441,12 +460,13 @@ def reverse_drift(sde: SDE, x, t, score, probability_flow: bool = False) -> Arra
 
 def check_batch(sde: SDE, batch: AtomsBatch) -> None:
     """Raise ``ValueError`` if an SDE without ``periodic`` (VP) meets a periodic real graph
-    (VP contracts towards a centre, which a periodic axis does not have). Checked when ``batch.pbc`` is known on
+    (VP contracts towards a centre, which a periodic axis does not have) or a confined one
+    (a z window needs a drift-free, reflected process). Checked when ``batch.pbc`` is known on
     the host; inside a trace the batch-level functions poison such graphs with NaN."""
     if sde.periodic:
         return
-    pbc, gm = batch.pbc, batch.graph_mask
-    if isinstance(pbc, jax.core.Tracer) or isinstance(gm, jax.core.Tracer):
+    pbc, gm, win = batch.pbc, batch.graph_mask, batch.z_window
+    if any(isinstance(x, jax.core.Tracer) for x in (pbc, gm, win)):
         return
     bad = np.where(np.any(np.asarray(pbc, bool), axis=-1) & np.asarray(gm, bool))[0]
     if bad.size:
@@ -454,6 +474,14 @@ def check_batch(sde: SDE, batch: AtomsBatch) -> None:
             f"this SDE ({type(sde).__name__}) cannot act on periodic axes (graphs {bad[:10].tolist()} have pbc); "
             "use the VE SDE for periodic structures"
         )
+    if win is not None:
+        w = np.asarray(win)
+        bad = np.where((w[:, 1] > w[:, 0]) & np.asarray(gm, bool))[0]
+        if bad.size:
+            raise ValueError(
+                f"this SDE ({type(sde).__name__}) cannot confine atoms to a z window (graphs {bad[:10].tolist()} "
+                "have one); use the VE SDE"
+            )
 
 
 def _vp_poison(sde: SDE, batch: AtomsBatch, x: Array) -> Array:
@@ -462,6 +490,8 @@ def _vp_poison(sde: SDE, batch: AtomsBatch, x: Array) -> Array:
     if sde.periodic:
         return x
     periodic = jnp.any(jnp.asarray(batch.pbc, bool), axis=-1) & jnp.asarray(batch.graph_mask, bool)
+    if batch.z_window is not None:
+        periodic = periodic | confined(batch)
     bad = periodic[batch.graph_index] & jnp.asarray(batch.node_mask, bool)
     return jnp.where(bad[:, None], jnp.nan, x)
 
@@ -558,6 +588,76 @@ def wrapped_normal_score(d, std, cell, pbc, images: int = 2) -> Array:
 
 
 # --------------------------------------------------------------------------------------
+# The reflected normal (z in a window)
+# --------------------------------------------------------------------------------------
+
+
+def _reflected_normal(x, x0, std, lo, hi, images: int, modes: int) -> tuple[Array, Array]:
+    """``(density, score)`` of the reflected normal, elementwise (see
+    :func:`reflected_normal_score`)."""
+    x = jnp.asarray(x)
+    dtype = jnp.result_type(x.dtype, float)
+    x = x.astype(dtype)
+    lo = jnp.asarray(lo, dtype)
+    hi = jnp.asarray(hi, dtype)
+    width = hi - lo
+    w = jnp.where(width > 0, width, 1.0)
+    u = jnp.clip(x - lo, 0.0, w)
+    u0 = reflect_into(jnp.asarray(x0, dtype), lo, hi) - lo
+    s2 = jnp.maximum(jnp.asarray(std, dtype) ** 2, jnp.finfo(dtype).tiny)
+
+    # Real space: the 2(2k+1) images u0 + 2jL and −u0 + 2jL, j = −k..k (a softmax).
+    j = jnp.arange(-images, images + 1, dtype=dtype)
+    shift = 2.0 * j * w[..., None]
+    centres = jnp.concatenate([u0[..., None] + shift, -u0[..., None] + shift], axis=-1)
+    r = u[..., None] - centres
+    logits = -(r * r) / (2.0 * s2[..., None])
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    weights = jnp.exp(logits - lse[..., None])
+    score_real = -jnp.sum(weights * r, axis=-1) / s2
+    dens_real = jnp.exp(lse) / jnp.sqrt(2.0 * jnp.pi * s2)
+
+    # Cosine series (the Neumann eigenfunctions): (1/L)[1 + 2 Σ_m e^{−m²π²s²/2L²} cos(mπu/L) cos(mπu0/L)].
+    m = jnp.arange(1, modes + 1, dtype=dtype)
+    k = m * jnp.pi / w[..., None]
+    a = jnp.exp(-0.5 * (k * k) * s2[..., None])
+    c0 = jnp.cos(k * u0[..., None])
+    series = 1.0 + 2.0 * jnp.sum(a * jnp.cos(k * u[..., None]) * c0, axis=-1)
+    grad = -2.0 * jnp.sum(a * k * jnp.sin(k * u[..., None]) * c0, axis=-1)
+    use_series = s2 > 0.25 * w * w  # std > L/2: both truncations far below float64 rounding
+    series = jnp.where(use_series, series, 1.0)
+    score = jnp.where(use_series, grad / series, score_real)
+    dens = jnp.where(use_series, series / w, dens_real)
+    return dens, score
+
+
+def reflected_normal_score(x, x0, std, lo, hi, images: int = 2, modes: int = 10) -> Array:
+    """Score ``∂_x log p(x | x0)`` (Å⁻¹) of the normal ``N(x0, std²)`` reflected into the
+    window ``[lo, hi]`` — the transition kernel of Brownian motion with reflecting walls
+    (:func:`agedi_jax.geometry.reflect_into` of a Gaussian draw), elementwise.
+
+    With ``L = hi − lo``, ``u = x − lo`` and ``u0 = x0 − lo`` the density is the image sum
+    ``Σ_j [φ_s(u − u0 − 2jL) + φ_s(u + u0 − 2jL)]`` (mirror images in both walls), or
+    equivalently the cosine series ``(1/L)[1 + 2 Σ_m e^{−m²π²s²/(2L²)} cos(mπu/L)
+    cos(mπu0/L)]``. The image sum is kept to ``j = −images..images`` and used for
+    ``std ≤ L/2``, the series to ``modes`` terms for ``std > L/2``: at the switch the
+    truncation errors are ~e^{−50} and ~e^{−150}. The score vanishes at the walls and tends
+    to 0 (uniform density) for ``std ≫ L``; deep inside the window at small ``std`` it is
+    the Gaussian's ``−(x − x0)/std²``. ``x`` is clipped into the window and ``x0`` reflected
+    into it."""
+    return _reflected_normal(x, x0, std, lo, hi, images, modes)[1]
+
+
+def reflected_normal_density(x, x0, std, lo, hi, images: int = 2, modes: int = 10) -> Array:
+    """Density (Å⁻¹) of the reflected normal of :func:`reflected_normal_score` at ``x``
+    (zero outside ``[lo, hi]``), elementwise; integrates to 1 over the window."""
+    x = jnp.asarray(x)
+    dens = _reflected_normal(x, x0, std, lo, hi, images, modes)[0]
+    inside = (x >= jnp.asarray(lo)) & (x <= jnp.asarray(hi))
+    return jnp.where(inside, dens, 0.0)
+
+
+# --------------------------------------------------------------------------------------
 # Noising, targets and the prior
 # --------------------------------------------------------------------------------------
 
@@ -568,7 +668,8 @@ def noise_positions(key: Array, sde: SDE, batch: AtomsBatch, t) -> tuple[AtomsBa
     ``x_t = x0 + (m − 1)(x0 − c) + std·ε`` with ``m`` the kernel mean coefficient, ``c``
     the graph :func:`~agedi_jax.geometry.centre` and ``ε ~ N(0, I)`` projected onto the zero-CoM subspace along
     :func:`~agedi_jax.geometry.com_axes`; fixed and padding atoms keep their positions;
-    periodic axes are wrapped. The noise is keyed per atom (:func:`agedi_jax.keys.atom_normal`).
+    periodic axes are wrapped; in confined graphs z is reflected into the window. The
+    noise is keyed per atom (:func:`agedi_jax.keys.atom_normal`).
 
     Args:
       key: PRNG key.
@@ -579,8 +680,9 @@ def noise_positions(key: Array, sde: SDE, batch: AtomsBatch, t) -> tuple[AtomsBa
       ``(batch_t, eps, std)``: the noised batch; ``eps`` ``[n, 3]``, the ε-target
       ``−std · ∇ log p_0t(x_t | x_0)`` — the (projected) Gaussian draw itself, except on
       periodic graphs where it is ``−std ·`` the wrapped-normal score
-      (:func:`wrapped_normal_score`); zero on fixed and padding atoms; ``std`` ``[n]``, the
-      kernel standard deviation of each atom's graph (Å for VE).
+      (:func:`wrapped_normal_score`) and, along z of confined graphs, ``−std ·`` the
+      reflected-normal score (:func:`reflected_normal_score`); zero on fixed and padding
+      atoms; ``std`` ``[n]``, the kernel standard deviation of each atom's graph (Å for VE).
     """
     sde.validate()
     check_batch(sde, batch)
@@ -606,6 +708,12 @@ def noise_positions(key: Array, sde: SDE, batch: AtomsBatch, t) -> tuple[AtomsBa
         wrapped_normal_score(disp, std, jnp.asarray(batch.cell, dtype)[gi], jnp.asarray(batch.pbc, bool)[gi])
     )
     target = jnp.where(periodic[:, None], -std[:, None] * ws, eps)
+    if batch.z_window is not None:
+        xt = confine_positions(batch, xt)
+        win = jnp.asarray(batch.z_window, dtype)[gi]
+        rs = jax.lax.stop_gradient(reflected_normal_score(xt[:, 2], x0[:, 2], std, win[:, 0], win[:, 1]))
+        conf = confined(batch)[gi]
+        target = target.at[:, 2].set(jnp.where(conf, -std * rs, target[:, 2]))
     target = jnp.where(free[:, None], target, 0.0)
     return batch._replace(positions=xt), target, std
 
@@ -617,8 +725,10 @@ def prior_sample(key: Array, sde: SDE, batch: AtomsBatch) -> AtomsBatch:
     projected (the template's internal arrangement is ignored there). Along other axes the
     kernel at ``t = 1`` applied to the template's positions ``x``: VE ``x + std(1)·ε``
     (uniform-ish after wrapping when std(1) exceeds the cell), VP
-    ``c + e^{−α(1)/2}(x − c) + std(1)·ε`` with ``c`` the fixed atoms' centroid. Fixed and
-    padding atoms are kept; periodic axes are wrapped.
+    ``c + e^{−α(1)/2}(x − c) + std(1)·ε`` with ``c`` the fixed atoms' centroid. Free atoms
+    of confined graphs are drawn uniformly in the cell's a–b plane (fractional coordinates
+    uniform in [0, 1)) and uniformly in z inside the window (keys ``fold_in(key, 1)`` per
+    atom). Fixed and padding atoms are kept; periodic axes are wrapped.
 
     Args:
       key: PRNG key (noise keyed per atom).
@@ -640,7 +750,21 @@ def prior_sample(key: Array, sde: SDE, batch: AtomsBatch) -> AtomsBatch:
     c = centre(batch, x)[gi]
     axes = com_axes(batch)[gi]
     new = jnp.where(axes, c + std1 * eps, x + m1 * (x - c) + std1 * eps)
+    if batch.z_window is not None:
+        new = jnp.where(confined(batch)[gi][:, None], _uniform_in_window(key, batch, dtype), new)
     new = jnp.where(free[:, None], new, x)
     new = jnp.where(jnp.asarray(batch.node_mask, bool)[:, None], new, 0.0)
     new = _vp_poison(sde, batch, wrap_positions(batch, new))
     return batch._replace(positions=new)
+
+
+def _uniform_in_window(key: Array, batch: AtomsBatch, dtype) -> Array:
+    """Positions ``[n, 3]`` uniform in the a–b plane of each atom's cell and uniform in z in
+    its graph's window (meaningful for free atoms of confined graphs only)."""
+    u = jax.vmap(lambda k: jax.random.uniform(k, (3,), dtype))(atom_keys(jax.random.fold_in(key, 1), batch))
+    gi = batch.graph_index
+    cell = jnp.asarray(batch.cell, dtype)[gi]
+    win = jnp.asarray(batch.z_window, dtype)[gi]
+    xy = u[:, :1] * cell[:, 0] + u[:, 1:2] * cell[:, 1]
+    z = win[:, 0] + u[:, 2] * (win[:, 1] - win[:, 0])
+    return xy.at[:, 2].set(z)

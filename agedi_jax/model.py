@@ -35,6 +35,8 @@ from agedi_jax.batch import AtomsBatch
 from agedi_jax.cache import compiled, compute_key  # noqa: F401  (compute_key: public through the model)
 from agedi_jax.config import Config, sde_params, type_schedule_params
 from agedi_jax.nn import make_network, network_fields
+from agedi_jax.nn.dense import DenseLayout, layout_reason
+from agedi_jax.runtime import tune_malloc
 from agedi_jax.scores import Scores, gaussian_skip, make_score_fn, mean_log_score
 from agedi_jax.vocab import TypeVocab
 
@@ -205,6 +207,7 @@ def build_model(config: Config, vocab: TypeVocab, avg_num_neighbors: float | Non
     ``config.model.avg_num_neighbors`` is 0; the value used is the one saved in the config
     by the training loop, so a checkpoint rebuilds the same network.
     """
+    tune_malloc()  # once per process; AGEDI_JAX_TUNE_MALLOC=0 keeps glibc's defaults
     m = config.model
     avg = m.avg_num_neighbors or avg_num_neighbors
     if not avg or avg <= 0:
@@ -238,6 +241,81 @@ def build_model(config: Config, vocab: TypeVocab, avg_num_neighbors: float | Non
         energy_scale=forcefield.energy_scale(config),
     )
     return DiffusionModel(config, vocab, network, sde, process, loss_config, energy_network)
+
+
+# --------------------------------------------------------------------------------------
+# Dense layout (agedi_jax.nn.dense): per batch, on the host
+# --------------------------------------------------------------------------------------
+
+
+def _with_layout(model: DiffusionModel, layout: DenseLayout | None) -> DiffusionModel:
+    def clone(net):
+        if net is None or not getattr(net, "supports_dense", False) or net.layout == layout:
+            return net
+        return net.clone(layout=layout)
+
+    network, energy = clone(model.network), clone(model.energy_network)
+    if network is model.network and energy is model.energy_network:
+        return model
+    return model._replace(network=network, energy_network=energy)
+
+
+def dense_layout(model: DiffusionModel, batch: AtomsBatch, **kwargs) -> tuple[DenseLayout | None, str]:
+    """The dense layout the model would use for a concrete ``batch`` and why
+    (:func:`agedi_jax.nn.dense.layout_reason`; ``kwargs``: ``max_atoms``, ``max_ratio``):
+    None when the network has no dense path or ``model.network_params.dense`` is off."""
+    net = model.network
+    if not getattr(net, "supports_dense", False):
+        return None, f"{type(net).__name__} has no dense path"
+    if not net.dense:
+        return None, "dense layout switched off (model.network_params.dense=false)"
+    return layout_reason(batch, net.cutoff, **kwargs)
+
+
+def specialize(model: DiffusionModel, batch: AtomsBatch | None, **kwargs) -> DiffusionModel:
+    """The model specialised to a concrete ``batch``: its network (and separate energy
+    network) on the dense per-structure layout when :func:`dense_layout` finds one — a
+    batch of small structures with a complete edge template — else on the edge path.
+
+    Same parameters and outputs either way (float32 rounding aside); the dense layout is
+    several times cheaper for clusters and small cells. ``batch=None`` gives the edge path.
+    The train and eval steps (:func:`make_train_step`, :func:`make_eval_step`) do this for
+    every batch; for a sampler, build it from ``specialize(model, template_batch)``."""
+    layout = None if batch is None else dense_layout(model, batch, **kwargs)[0]
+    return _with_layout(model, layout)
+
+
+class _PerLayout:
+    """A jitted step function per dense layout, picked from each (concrete) batch: calling
+    it (or ``.lower``) specialises the model to the batch (:func:`specialize`) and runs the
+    step compiled for that model. A layout compiled before that also fits the batch (more
+    atom slots or structure rows, within the size limits) is reused rather than compiling
+    another one."""
+
+    def __init__(self, model: DiffusionModel, build: Callable[[DiffusionModel], Callable], batch_arg: int):
+        self.model, self.build, self.batch_arg = model, build, batch_arg
+        self.layouts: list[DenseLayout] = []
+
+    def for_batch(self, batch: AtomsBatch) -> Callable:
+        layout, _ = dense_layout(self.model, batch)
+        if layout is not None and layout not in self.layouts:
+            for known in self.layouts:
+                fits = (known.atoms >= layout.atoms and known.graphs >= layout.graphs
+                        and all(a >= b for a, b in zip(known.images, layout.images))
+                        and (known.periodic or not layout.periodic)
+                        and known.pair_slots <= 1.5 * max(layout.pair_slots, 1))
+                if fits:
+                    layout = known
+                    break
+            else:
+                self.layouts.append(layout)
+        return self.build(_with_layout(self.model, layout))
+
+    def __call__(self, *args):
+        return self.for_batch(args[self.batch_arg])(*args)
+
+    def lower(self, *args):
+        return self.for_batch(args[self.batch_arg]).lower(*args)
 
 
 # --------------------------------------------------------------------------------------
@@ -354,7 +432,7 @@ def make_grad_fn(model: DiffusionModel, mesh: Any = None) -> Callable:
     return grad_fn
 
 
-def make_train_step(model: DiffusionModel, mesh: Any = None, *, jit: bool = True):
+def make_train_step(model: DiffusionModel, mesh: Any = None, *, jit: bool = True, dense: bool = True):
     """``train_step(state, batch, key) -> (state, metrics)``: one optimiser step on the joint
     loss (Eq. 18), with EMA update. Pure; jitted (state donated) unless ``jit=False``; the
     jitted function is shared by equal models (no recompilation across runs of one process).
@@ -365,7 +443,15 @@ def make_train_step(model: DiffusionModel, mesh: Any = None, *, jit: bool = True
 
     The key is the step's key: the training loop passes ``fold_in(seed_key, step)`` so that
     a resumed run draws the same noise as an uninterrupted one.
+
+    Without a mesh the jitted step picks the network's layout from every batch
+    (:func:`specialize`: the dense per-structure layout for batches of small structures,
+    one compilation per layout; ``dense=False`` or ``model.network_params.dense=false``
+    keeps the model as given). ``.lower(state, batch, key)`` works as for a jitted function.
     """
+    if jit and mesh is None and dense and getattr(model.network, "supports_dense", False) and model.network.dense:
+        return compiled("train_dispatch", model, lambda: _PerLayout(
+            model, lambda m: make_train_step(m, None, jit=True, dense=False), batch_arg=1))
     if jit:
         return compiled("train", model, lambda: jax.jit(make_train_step(model, mesh, jit=False), donate_argnums=0), mesh)
     grad_fn = make_grad_fn(model, mesh)
@@ -381,11 +467,14 @@ def make_train_step(model: DiffusionModel, mesh: Any = None, *, jit: bool = True
     return train_step
 
 
-def make_eval_step(model: DiffusionModel, mesh: Any = None, *, jit: bool = True):
+def make_eval_step(model: DiffusionModel, mesh: Any = None, *, jit: bool = True, dense: bool = True):
     """``eval_step(params, batch, key) -> metrics``: the joint loss without gradients
     (of the union batch with a ``mesh``). With a learned force field the metrics include
     ``loss_energy``, ``loss_forces``, ``energy_mae`` (eV/atom), ``force_mae`` and
     ``force_rmse`` (eV/Å) against the batch's labels."""
+    if jit and mesh is None and dense and getattr(model.network, "supports_dense", False) and model.network.dense:
+        return compiled("eval_dispatch", model, lambda: _PerLayout(
+            model, lambda m: make_eval_step(m, None, jit=True, dense=False), batch_arg=1))
     if jit:
         return compiled("eval", model, lambda: jax.jit(make_eval_step(model, mesh, jit=False)), mesh)
     loss_fn = _loss_fn(model)

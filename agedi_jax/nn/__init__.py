@@ -42,7 +42,8 @@ model-config field it has by name, and the config's validation reads this table.
 def network_fields(name: str) -> list[str]:
     """The fields (constructor arguments) of a registered network class."""
     cls = NETWORKS[name.lower()]
-    return [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+    # ``layout`` is a run-time specialisation (agedi_jax.model.specialize), not a setting
+    return [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name", "layout")]
 
 
 def make_network(name: str = "nequip", **kwargs: Any) -> nn.Module:

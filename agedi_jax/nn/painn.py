@@ -36,7 +36,8 @@ polynomial envelope instead of Gaussians with a cosine cutoff, message sums divi
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -44,16 +45,23 @@ import jax.numpy as jnp
 
 from agedi_jax.nn.common import (
     MLP,
+    RadialFilter,
     ScoreNetwork,
-    bessel_basis,
     finalize_energy,
     finalize_scores,
-    polynomial_envelope,
     prepare_inputs,
+    radial_features,
     safe_norm,
     unit_vectors,
 )
 from agedi_jax.nn.context import GlobalContext, com_features, graph_size_features
+from agedi_jax.nn.dense import (
+    dense_batch,
+    dense_map,
+    dense_pairs,
+    from_dense_checked,
+    to_dense,
+)
 from agedi_jax.nn.embeddings import Conditioning
 from agedi_jax.nn.norms import VectorNorm
 from agedi_jax.scores import Scores
@@ -61,25 +69,144 @@ from agedi_jax.scores import Scores
 Array = Any
 
 
+class EdgeGeometry(NamedTuple):
+    """Per-edge inputs of the message blocks on the edge path (computed once per call)."""
+
+    radial: Array  # [e, K+1] filter inputs (radial_features)
+    directions: Array  # [e, 3]
+    mask: Array  # [e] bool
+    senders: Array  # [e]
+    receivers: Array  # [e]
+
+
+class DenseGeometry(NamedTuple):
+    """Per-pair inputs of the message blocks on the dense path (:mod:`agedi_jax.nn.dense`):
+    every ordered pair × image, with the neighbour and image axes merged into one
+    neighbour axis ``q = j·S + s`` of length ``Q = P·S``."""
+
+    radial: Array  # [R, P, Q, K+4] filter inputs (radial_features), then the directions
+    directions: Array  # [R, P, Q, 3] (a slice of ``radial``)
+    images: int  # S
+
+
+def edge_messages(phi, w, v, geo: EdgeGeometry, num_nodes: int):
+    """``(Σ_j x_s, Σ_j x_vv ⊙ v_j + x_vs ⊗ r̂_ij)`` over the template edges (gather, scatter)."""
+    x = jnp.where(geo.mask[:, None], phi[geo.senders] * w, 0.0)
+    x_s, x_vv, x_vs = jnp.split(x, 3, axis=-1)
+    dv = x_vv[:, None, :] * v[geo.senders] + x_vs[:, None, :] * geo.directions[:, :, None]
+    ds = jax.ops.segment_sum(x_s, geo.receivers, num_segments=num_nodes)
+    dv = jax.ops.segment_sum(dv, geo.receivers, num_segments=num_nodes)
+    return ds, dv
+
+
+def _rep(x, images: int):
+    """Per-atom ``x`` [R, P, ...] -> per neighbour slot ``q = j·S + s`` [R, P·S, ...]."""
+    return x if images == 1 else jnp.repeat(x, images, axis=1)
+
+
+def _dot3(u, g):
+    """``Σ_c u[..., c] · g[..., c, :]`` for ``u`` [..., 3] and ``g`` [..., 3, F], unrolled
+    (a three-term sum, not a reduction over a middle axis)."""
+    return u[..., 0:1] * g[..., 0, :] + u[..., 1:2] * g[..., 1, :] + u[..., 2:3] * g[..., 2, :]
+
+
+def _dense_sums_value(p_s, a, p_vs, w_s, w_vv, w_vs, dirs, images):
+    ds = jnp.sum(w_s * _rep(p_s, images)[:, None], axis=2)
+    x = w_vs * _rep(p_vs, images)[:, None]  # [R, P, Q, F]
+    dv = jnp.sum(w_vv[:, :, :, None, :] * _rep(a, images)[:, None] + x[:, :, :, None, :] * dirs[..., None], axis=2)
+    return ds, dv
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(7,))
+def dense_sums(p_s, a, p_vs, w_s, w_vv, w_vs, dirs, images):
+    """PaiNN's message sums on the dense layout, for atom ``i`` of row ``r``::
+
+        Δs_i = Σ_q w_s[i, q] ⊙ p_s[j(q)]
+        Δv_i = Σ_q w_vv[i, q] ⊙ a[j(q)] + w_vs[i, q] ⊙ p_vs[j(q)] ⊗ r̂[i, q]
+
+    over the neighbour slots ``q = j·S + s`` (atom ``j``, image ``s``), with ``p_s, p_vs``
+    [R, P, F], ``a`` [R, P, 3, F], ``w_*`` [R, P, Q, F], ``dirs`` [R, P, Q, 3]. The backward
+    pass uses that the filters are symmetric and the directions antisymmetric under
+    ``(i, j, s) → (j, i, −s)``, so that each of its sums is again over the neighbour axis
+    of a receiver's row (autodiff sums over the receiver axis instead, several times
+    slower on the CPU); three-component sums are unrolled."""
+    return _dense_sums_value(p_s, a, p_vs, w_s, w_vv, w_vs, dirs, images)
+
+
+def _dense_sums_fwd(p_s, a, p_vs, w_s, w_vv, w_vs, dirs, images):
+    out = _dense_sums_value(p_s, a, p_vs, w_s, w_vv, w_vs, dirs, images)
+    return out, (p_s, a, p_vs, w_s, w_vv, w_vs, dirs)
+
+
+def _dense_sums_bwd(images, res, g):
+    p_s, a, p_vs, w_s, w_vv, w_vs, dirs = res
+    g_s, g_v = g  # [R, P, F], [R, P, 3, F]
+    r, p, q, f = w_s.shape
+    g_s_n, g_v_n = _rep(g_s, images)[:, None], _rep(g_v, images)[:, None]  # [R, 1, Q, (3,) F]
+    # inputs: by the symmetry, the receiver sums of the transpose are neighbour sums
+    d_ps = jnp.sum(w_s * g_s_n, axis=2)
+    d_a = jnp.sum(w_vv[:, :, :, None, :] * g_v_n, axis=2)
+    d_pvs = -jnp.sum(w_vs * _dot3(dirs, g_v_n), axis=2)
+    # filters and directions: products of receiver and neighbour terms
+    a_n, p_s_n, p_vs_n = _rep(a, images)[:, None], _rep(p_s, images)[:, None], _rep(p_vs, images)[:, None]
+    g_v_i = g_v[:, :, None]  # [R, P, 1, 3, F]
+    d_ws = g_s[:, :, None, :] * p_s_n
+    d_wvv = a_n[..., 0, :] * g_v_i[..., 0, :] + a_n[..., 1, :] * g_v_i[..., 1, :] + a_n[..., 2, :] * g_v_i[..., 2, :]
+    d_wvs = p_vs_n * _dot3(dirs, g_v_i)
+    d_dirs = jnp.sum((w_vs * p_vs_n)[:, :, :, None, :] * g_v_i, axis=-1)  # [R, P, Q, 3]
+    return d_ps, d_a, d_pvs, d_ws, d_wvv, d_wvs, d_dirs
+
+
+dense_sums.defvjp(_dense_sums_fwd, _dense_sums_bwd)
+
+
+def dense_messages(phi, w, v, geo: DenseGeometry):
+    """The message sums on the dense layout (:func:`dense_sums`): masked reductions over
+    the neighbour axis, which XLA fuses with the products feeding them (no gather, no
+    scatter, no pair-sized message in memory). The filters ``w = (w_s, w_vv, w_vs)``
+    [R, P, Q, F] are zero on masked pairs."""
+    w_s, w_vv, w_vs = w
+    r, p, _, f = w_s.shape
+    phi = phi.reshape(r, p, 3 * f)
+    v = v.reshape(r, p, 3, f)
+    p_s, p_vv, p_vs = jnp.split(phi, 3, axis=-1)  # [R, P, F]
+    a = p_vv[:, :, None, :] * v  # [R, P, 3, F]
+    ds, dv = dense_sums(p_s, a, p_vs, w_s, w_vv, w_vs, geo.directions, geo.images)
+    return ds.reshape(r * p, f), dv.reshape(r * p, 3, f)
+
+
 class PaiNNMessage(nn.Module):
-    """PaiNN message block: returns ``(Δs [n, F], Δv [n, 3, F])``."""
+    """PaiNN message block: returns ``(Δs [n, F], Δv [n, 3, F])``; on the edge path
+    (:class:`EdgeGeometry`) or the dense one (:class:`DenseGeometry`), same parameters."""
 
     features: int
     avg_num_neighbors: float
 
     @nn.compact
-    def __call__(self, s, v, radial, envelope, directions, edge_mask, senders, receivers):
+    def __call__(self, s, v, geo):
         f = self.features
-        n = s.shape[0]
-        phi = MLP((f, 3 * f), activation=nn.silu, name="phi")(s)[senders]  # [e, 3F]
-        w = nn.Dense(3 * f, name="filter")(radial) * envelope[:, None]
-        x = jnp.where(edge_mask[:, None], phi * w, 0.0)
-        x_s, x_vv, x_vs = jnp.split(x, 3, axis=-1)
-        dv = x_vv[:, None, :] * v[senders] + x_vs[:, None, :] * directions[:, :, None]
+        phi = MLP((f, 3 * f), activation=nn.silu, name="phi")(s)  # [n, 3F]
+        dense = isinstance(geo, DenseGeometry)
+        if dense:
+            w = RadialFilter(3 * f, splits=3, name="filter")(geo.radial, extra=3)
+            ds, dv = dense_messages(phi, w, v, geo)
+        else:
+            w = RadialFilter(3 * f, name="filter")(geo.radial)
+            ds, dv = edge_messages(phi, w, v, geo, s.shape[0])
         norm = 1.0 / jnp.sqrt(self.avg_num_neighbors)
-        ds = jax.ops.segment_sum(x_s, receivers, num_segments=n) * norm
-        dv = jax.ops.segment_sum(dv, receivers, num_segments=n) * norm
-        return ds, dv
+        return ds * norm, dv * norm
+
+
+class Kernel(nn.Module):
+    """The kernel [in, out] of a bias-free ``nn.Dense`` (same name, shape, initialisation),
+    returned instead of applied, so that several can share one matrix product."""
+
+    in_features: int
+    features: int
+
+    @nn.compact
+    def __call__(self):
+        return self.param("kernel", nn.initializers.lecun_normal(), (self.in_features, self.features))
 
 
 class PaiNNUpdate(nn.Module):
@@ -90,8 +217,10 @@ class PaiNNUpdate(nn.Module):
     @nn.compact
     def __call__(self, s, v):
         f = self.features
-        uv = nn.Dense(f, use_bias=False, name="U")(v)
-        vv = nn.Dense(f, use_bias=False, name="V")(v)
+        # U and V (the parameters of two bias-free Dense layers) applied in one product
+        u_kernel = Kernel(v.shape[-1], f, name="U")()
+        v_kernel = Kernel(v.shape[-1], f, name="V")()
+        uv, vv = jnp.split(v @ jnp.concatenate([u_kernel, v_kernel], axis=1).astype(v.dtype), 2, axis=-1)
         a = MLP((f, 3 * f), activation=nn.silu, name="mlp")(
             jnp.concatenate([s, safe_norm(vv, axis=-2)], axis=-1)
         )
@@ -130,14 +259,41 @@ class PaiNN(ScoreNetwork):
 
     num_basis: int = 20
 
+    supports_dense = True
+
     # One lifted jit around the forward pass, so eager init / apply compile once.
     @nn.jit
     @nn.compact
     def _forward(self, batch, t, label, edges, type_weights) -> Scores:
+        layout = self.layout if edges is None else None  # given edges: the edge path
         batch, t, label, edges, type_weights = prepare_inputs(
             batch, t, label, edges, type_weights,
             num_types=self.num_types, num_labels=self.num_labels, cutoff=self.cutoff,
+            need_edges=layout is None,
         )
+        full = batch
+        if layout is not None:
+            dmap = dense_map(batch, layout)
+            batch = dense_batch(batch, dmap, layout)
+            t = t[: layout.graphs]
+            label = None if label is None else label[: layout.graphs]
+            type_weights = to_dense(type_weights, dmap)
+            pairs = dense_pairs(batch, layout, self.cutoff)
+            r, p, _, ns = pairs.lengths.shape
+            # one pair-sized array [basis·u², u, r̂] for all layers: the filters' matrix
+            # product reads it (zero weights on r̂), so XLA materialises it once, and the
+            # pair sums read r̂ from it (computed in the sums, the masks, square root and
+            # division would be redone for every feature of every layer)
+            packed = jnp.concatenate([
+                radial_features(pairs.lengths, self.num_basis, self.cutoff, self.envelope_p),
+                unit_vectors(pairs.vectors)], axis=-1).reshape(r, p, p * ns, self.num_basis + 4)
+            geo = DenseGeometry(radial=packed, directions=packed[..., -3:], images=ns)
+        else:
+            geo = EdgeGeometry(
+                radial=radial_features(edges.lengths, self.num_basis, self.cutoff, self.envelope_p),
+                directions=unit_vectors(edges.vectors), mask=edges.mask,
+                senders=batch.senders, receivers=batch.receivers,
+            )
         f = self.features
         size = graph_size_features(batch, batch.positions.dtype) if self.global_context else None
         s, cond = Conditioning(self.num_types, self.num_labels, f, name="embed")(
@@ -151,10 +307,6 @@ class PaiNN(ScoreNetwork):
         else:
             v = jnp.zeros(s.shape[:1] + (3, f), s.dtype)
 
-        envelope = polynomial_envelope(edges.lengths, self.cutoff, self.envelope_p)
-        radial = bessel_basis(edges.lengths, self.num_basis, self.cutoff) * envelope[:, None]
-        directions = unit_vectors(edges.vectors)
-
         def norm(s, v, tag):
             if not self.normalize:
                 return s, v
@@ -162,14 +314,13 @@ class PaiNN(ScoreNetwork):
                     VectorNorm(self.norm_eps, name=f"norm_v_{tag}")(v))
 
         for i in range(self.num_layers):
-            s = s + nn.Dense(f, name=f"cond_{i}")(cond_n)
+            # per graph, then to its atoms (the same numbers as Dense(cond_n), fewer rows)
+            s = s + nn.Dense(f, name=f"cond_{i}")(cond)[batch.graph_index]
             if self.global_context:
                 pooled_in = nn.LayerNorm(name=f"norm_context_{i}")(s) if self.normalize else s
                 s = s + GlobalContext(f, name=f"context_{i}")(batch, pooled_in)
             hs, hv = norm(s, v, f"message_{i}")
-            ds, dv = PaiNNMessage(f, self.avg_num_neighbors, name=f"message_{i}")(
-                hs, hv, radial, envelope, directions, edges.mask, batch.senders, batch.receivers
-            )
+            ds, dv = PaiNNMessage(f, self.avg_num_neighbors, name=f"message_{i}")(hs, hv, geo)
             s, v = s + ds, v + dv
             hs, hv = norm(s, v, f"update_{i}")
             ds, dv = PaiNNUpdate(f, name=f"update_{i}")(hs, hv)
@@ -189,6 +340,9 @@ class PaiNN(ScoreNetwork):
             )
         energy = None
         if self.energy_head:
-            energy = MLP((f, 1), activation=nn.silu, name="energy_head")(s)
-        pos, typ = finalize_scores(batch, pos, typ)
-        return Scores(positions=pos, types=typ, energy=finalize_energy(batch, energy))
+            energy = MLP((f, 1), activation=nn.silu, name="energy_head")(s)[:, 0]
+        if layout is not None:
+            pos, typ, energy = (None if x is None else from_dense_checked(x, dmap, full)
+                                for x in (pos, typ, energy))
+        pos, typ = finalize_scores(full, pos, typ)
+        return Scores(positions=pos, types=typ, energy=finalize_energy(full, energy))

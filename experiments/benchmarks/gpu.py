@@ -57,7 +57,9 @@ def headline(num: int, steps: int, n_atoms: int, res: dict, save: Path | None) -
                            "batch_build_s": time.perf_counter() - t0, "model": str(GM_RUN.relative_to(HERE.parents[1])),
                            "vocab": list(model.vocab.symbols)}
     res["headline"] = out
-    run = make_sampler(model, config=cfg)
+    from agedi_jax.model import specialize
+
+    run = make_sampler(specialize(model, batch), config=cfg)  # dense layout for these clusters
     key = jax.random.PRNGKey(0)
     w = jnp.float32(1.0)
     t0 = time.perf_counter()

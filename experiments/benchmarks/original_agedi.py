@@ -294,7 +294,7 @@ def run_jax(args) -> dict:
     from agedi_jax.config import replace
     from agedi_jax.edges import edge_vectors
     from agedi_jax.generate import make_sampler
-    from agedi_jax.model import init_state
+    from agedi_jax.model import init_state, specialize
     from experiments.benchmarks import run_all
     from experiments.common import timed
 
@@ -318,14 +318,17 @@ def run_jax(args) -> dict:
     for k in ("compile_train_s", "compile_step_s"):
         out[k] = round(out[k], 2)
 
+    # forward and sampler on the layout the batch gets (model.specialize: dense for these clusters)
+    smodel = specialize(model, batch)
+    out["layout"] = str(smodel.network.layout)
     t = jnp.full((batch.num_graphs,), T_LATE, jnp.float32)
-    fwd = jax.jit(lambda p, b, t: model.apply(p, b, t)).lower(params, late, t).compile()
+    fwd = jax.jit(lambda p, b, t: smodel.apply(p, b, t)).lower(params, late, t).compile()
     out["forward_ms"] = timed(lambda: jax.block_until_ready(fwd(params, late, t)), args.repeats, args.warmup)
 
     if args.sample_runs > 0:
         key = jax.random.PRNGKey(1)
         gen, w = jnp.asarray(batch.graph_mask), jnp.float32(1.0)
-        run = make_sampler(model, config=replace(cfg, sample={"sampler": "em", "steps": args.sample_steps}))
+        run = make_sampler(smodel, config=replace(cfg, sample={"sampler": "em", "steps": args.sample_steps}))
         if hasattr(run, "lower"):  # one jitted function
             run_c = run.lower(params, key, batch, gen, w).compile()
         else:  # CompiledSampler (start, advance, finish): the whole grid in one advance call

@@ -184,22 +184,27 @@ def _flops(compiled) -> float:
     return float(ca.get("flops", float("nan")))
 
 
-def step_timings(model, cfg, state, batch, late, repeats: int, out: dict, train: bool = True, warmup: int = 2):
+def step_timings(model, cfg, state, batch, late, repeats: int, out: dict, train: bool = True, warmup: int = 2,
+                 dense: bool = True):
     """Compile and time the package's jitted training step on ``batch`` (state donated,
-    chained as in training) and one joint sampling step (``samplers.make_step`` at
-    t = T_LATE, jitted alone) on ``late``; figures go into ``out``. Returns the parameters
+    chained as in training; it picks the network's layout from the batch) and one joint
+    sampling step (``samplers.make_step`` at t = T_LATE, jitted alone, with the model
+    specialised to the batch as a sampler is: ``model.specialize``) on ``late``; figures
+    go into ``out``. ``dense=False`` keeps both on the edge path. Returns the parameters
     the sampling step used (the trained EMA parameters when ``train``)."""
     import jax
     import jax.numpy as jnp
 
-    from agedi_jax.model import make_train_step
+    from agedi_jax.model import make_train_step, specialize
     from agedi_jax.samplers import make_step
 
     key = jax.random.PRNGKey(1)
+    layout = specialize(model, late).network.layout if dense else None
+    out["layout"] = None if layout is None else str(layout)
     params = state.ema_params
     if train:
         t0, c0 = time.perf_counter(), time.process_time()
-        train_c = make_train_step(model).lower(state, batch, key).compile()
+        train_c = make_train_step(model, dense=dense).lower(state, batch, key).compile()
         out["compile_train_s"] = time.perf_counter() - t0
         out["compile_train_cpu_s"] = time.process_time() - c0
         holder = {"s": state, "i": 0}
@@ -215,7 +220,7 @@ def step_timings(model, cfg, state, batch, late, repeats: int, out: dict, train:
 
     dt = (1.0 - cfg.process.t_eps) / cfg.sample.steps
     step_fn = make_step(model.sde, model.process, cfg.sample)
-    score_fn = model.score_fn(params)
+    score_fn = (specialize(model, late) if dense else model).score_fn(params)
     one = jax.jit(lambda k, s: step_fn(k, s, jnp.float32(T_LATE), jnp.float32(T_LATE - dt), score_fn))
     t0 = time.perf_counter()
     one_c = one.lower(key, late).compile()
@@ -234,7 +239,7 @@ def jax_workloads(network: str, repeats: int, scan_steps: int, samplers: bool = 
     from agedi_jax.config import replace
     from agedi_jax.edges import edge_vectors
     from agedi_jax.generate import make_sampler
-    from agedi_jax.model import build_model, init_state
+    from agedi_jax.model import build_model, init_state, specialize
     from agedi_jax.vocab import TypeVocab
 
     vocab = TypeVocab(("Ni", "Cu", "Pd", "Ag", "Pt", "Au"))
@@ -261,7 +266,7 @@ def jax_workloads(network: str, repeats: int, scan_steps: int, samplers: bool = 
     out["scan"] = {}
     for kind in kinds:
         c = replace(cfg, sample=dict(sampler=kind, steps=scan_steps))
-        run = make_sampler(model, config=c)
+        run = make_sampler(specialize(model, batch), config=c)
         t0 = time.perf_counter()
         run_c = run.lower(params, key, batch, gen, w).compile()
         comp = time.perf_counter() - t0
@@ -275,7 +280,7 @@ def jax_workloads(network: str, repeats: int, scan_steps: int, samplers: bool = 
     out["sample_500_steps_s"] = 500 * em["ms_per_step"] / 1e3
     out["sample_structures_per_s_500_steps"] = len(atoms) / out["sample_500_steps_s"]
     if compile_sampler:  # the default sampler (500 steps) as sample_atoms compiles it
-        run = make_sampler(model, config=replace(cfg, sample=dict(sampler="em", steps=500)))
+        run = make_sampler(specialize(model, batch), config=replace(cfg, sample=dict(sampler="em", steps=500)))
         t0, c0 = time.perf_counter(), time.process_time()
         run.lower(params, key, batch, gen, w).compile()
         out["compile_sampler_s"] = time.perf_counter() - t0

@@ -32,28 +32,27 @@ def _split_spec(spec: str) -> tuple[str, str]:
     return prefix, spec[len(prefix):]
 
 
-def resolve_data_spec(spec: str) -> str:
-    """The spec with its path expanded for this machine (``$AGEDI_JAX_DATA`` and older
-    ``.../shared/data/...`` paths, :func:`~agedi_jax.data.dataset.expand_data_path`)."""
+def _map_spec_path(spec: str, fn) -> str:
+    """The spec with ``fn`` applied to its file path (a ``qcd:`` subset suffix kept)."""
     prefix, path = _split_spec(str(spec))
     if prefix == "builtin:" or spec == "builtin":
         return spec
     head, sep, tail = path.rpartition(":") if prefix == "qcd:" else ("", "", "")
     if head and qcd.is_subset_name(tail):
-        return f"{prefix}{expand_data_path(head)}:{tail}"
-    return f"{prefix}{expand_data_path(path)}"
+        return f"{prefix}{fn(head)}:{tail}"
+    return f"{prefix}{fn(path)}"
+
+
+def resolve_data_spec(spec: str) -> str:
+    """The spec with its path expanded for this machine (``$AGEDI_JAX_DATA`` and older
+    ``.../shared/data/...`` paths, :func:`~agedi_jax.data.dataset.expand_data_path`)."""
+    return _map_spec_path(spec, expand_data_path)
 
 
 def portable_data_spec(spec: str) -> str:
     """The spec with a path inside the shared data written as ``$AGEDI_JAX_DATA/...`` (how
     configs store it: a clone on another machine resolves it through ``$AGEDI_JAX_DATA``)."""
-    prefix, path = _split_spec(str(spec))
-    if prefix == "builtin:" or spec == "builtin":
-        return spec
-    head, sep, tail = path.rpartition(":") if prefix == "qcd:" else ("", "", "")
-    if head and qcd.is_subset_name(tail):
-        return f"{prefix}{portable_data_path(expand_data_path(head))}:{tail}"
-    return f"{prefix}{portable_data_path(expand_data_path(path))}"
+    return _map_spec_path(spec, lambda path: portable_data_path(expand_data_path(path)))
 
 
 # --------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from agedi_jax.data.bulk import _is_structure, to_structure  # noqa: F401  (re-exported)
+from agedi_jax.data.bulk import MATCHER_DEFAULTS, _is_structure, to_structure  # noqa: F401  (re-exported)
 
 __all__ = [
     "AMU_PER_A3_TO_G_PER_CM3",
@@ -62,7 +62,7 @@ __all__ = [
     "wasserstein_num_elements",
 ]
 
-MATCHER_TOLERANCES = dict(stol=0.5, angle_tol=10.0, ltol=0.3)
+MATCHER_TOLERANCES = MATCHER_DEFAULTS  # pymatgen StructureMatcher tolerances of the CSP literature (one definition)
 """The benchmark's StructureMatcher tolerances (CDVAE, DiffCSP, FlowMM)."""
 
 AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660

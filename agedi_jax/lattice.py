@@ -1,0 +1,740 @@
+"""Diffusion over the periodic cell: a variance-preserving process on the *symmetric
+lattice* (in log or linear coordinates) with a density-scaled prior, beside the position
+SDEs of :mod:`agedi_jax.sde`.
+
+Conventions: a cell ``L`` is ``[..., 3, 3]`` with the lattice vectors as **rows** (ASE,
+:class:`~agedi_jax.batch.AtomsBatch`), Å; Cartesian positions are rows ``x = f L`` with
+fractional coordinates ``f``. Time runs from ``t = 0`` (data) to ``t = 1`` (prior).
+
+**Rotations are removed, not learned.** Every full-rank cell has the polar decomposition
+``L = S R`` with ``S = (L Lᵀ)^{1/2}`` symmetric positive definite and ``R`` orthogonal
+(:func:`polar_decomposition`). Rotating the crystal by ``Q`` (positions ``x ↦ x Qᵀ``)
+maps ``L ↦ L Qᵀ = S (R Qᵀ)``: ``S`` is unchanged and so are the fractional coordinates
+(``x Qᵀ = f L Qᵀ``). The *canonical frame* of a crystal is the one in which its cell is
+``S`` (positions ``f S = x Rᵀ``); :func:`canonicalize` brings a batch there, first
+negating the first periodic vector of a left-handed basis (the same crystal in another
+basis; that fractional coordinate changes sign) so that ``R`` is a proper rotation and a chiral crystal is never mirrored. A process on
+``S`` and ``f`` is therefore O(3)-invariant by construction, and the network only has
+to be rotation-*equivariant* (:mod:`agedi_jax.nn.lattice_head`). ``S`` does depend on
+the choice of basis (a unimodular ``M``: ``L ↦ M L``), so data cells are Niggli-reduced
+on the host first (:func:`reduce_cell`; the most orthogonal basis, unique up to ties).
+
+**The process** (:class:`LatticeSDE`) acts on the ``d = k(k+1)/2`` independent entries of
+``S`` restricted to the ``k`` periodic axes (:func:`lattice_mask`: 6 entries for bulk,
+the 3 in-plane entries of a layer with pbc (T, T, F), whose vacuum axis never moves),
+through *lattice coordinates* ``Y`` (:func:`cell_to_coords` / :func:`coords_to_cell`),
+with ``N`` atoms and the density length ``ℓ_N = c N^{1/k}``:
+
+* ``param="log"`` (default): ``Y = log(S/ℓ_N)`` (matrix logarithm; ``S = ℓ_N exp(Y)``),
+* ``param="linear"`` (MatterGen-like): ``Y = S`` (Å).
+
+In either, ``Y`` follows the variance-preserving SDE ::
+
+    dY = −½ β(t) (Y − μ) dt + σ_∞ sqrt(β(t)) dW_sym,
+
+``μ = 0``, ``σ_∞ = σ_rel`` (log) or ``μ = ℓ_N I``, ``σ_∞ = σ_rel ℓ_N`` (linear), with
+``β`` a VP schedule of :mod:`agedi_jax.sde` (``α(t) = ∫_0^t β``) and ``W_sym`` the
+standard Brownian motion on symmetric matrices with the Frobenius inner product
+(:func:`sym_normal`: diagonal entries of unit variance, off-diagonal entries of variance
+½; its law is invariant under ``E ↦ Q E Qᵀ``, and ``log(Q S Qᵀ) = Q log(S) Qᵀ``, so
+both parametrisations are O(3)-equivariant maps). The kernel is Gaussian in closed form,
+
+    Y_t | Y_0 ~ N(μ + e^{−α/2} (Y_0 − μ), σ_∞² (1 − e^{−α}) I_sym),
+
+and the prior ``N(μ, σ_∞² I_sym)`` is *density-scaled*: its central cell ``ℓ_N I`` has
+volume (area) ``c^k N``, ``c^k`` the volume (area) per atom fitted from data
+(:func:`fit_lattice`), so a sample of ``N`` atoms starts at a physically sensible
+density whatever ``N``. Scores are Frobenius gradients on the masked symmetric subspace:
+for a log density written as a function of the 9 entries, ``sym(∇)``; the kernel score is
+``−(Y_t − mean)/std²`` and the ε-target of denoising score matching is the standard
+normal draw itself (:func:`noise_cell`).
+
+**Why this process** — measured with :func:`agedi_jax.data.bulk.load_bulk_csv` and
+:func:`fit_lattice` (Niggli-reduced cells) on the CDVAE benchmark files in
+``shared/data/bulk``:
+
+* the density is tight and follows ``V ∝ N``: perov_5 (3 787 crystals, all N = 5)
+  ``c = (V/N)^{1/3}`` = 2.41 Å with a log-spread of 7 %; carbon_24 (2 032 crystals,
+  N = 6…24) ``c`` = 1.85 Å, log-spread 3.5 %, per-N ``c_N`` from 1.86 (N = 6) to
+  1.83 Å (N = 24), correlation of ``log V/N`` with ``log N`` −0.11. A prior centred on
+  ``c N^{1/3} I`` therefore starts at the right density for every N, and the network
+  learns only the shape;
+* the shape spread is moderate and standardises well: the RMS per coordinate of
+  ``S/ℓ_N − I`` is 0.050 (perov_5, cubic) and 0.29 (carbon_24; 0.34 without Niggli
+  reduction), of ``log(S/ℓ_N)`` 0.050 and 0.27 — so ``σ_rel`` from the fit makes the
+  process a unit-scale diffusion, like the positions';
+* positivity decides between the two coordinates: with the fitted carbon_24
+  ``σ_rel ≈ 0.3`` the *linear* prior draws a non-positive-definite ``S`` 1.1 % of the
+  time and a cell with an eigenvalue below 0.2 ℓ_N 6.5 % of the time (4 % non-PD at
+  0.35; none in 2·10⁵ draws at 0.2), i.e. singular or inside-out crystals for the
+  network and unbounded edge-image ranges. The *log* prior is positive definite by
+  construction (smallest eigenvalue above 0.30 ℓ_N with probability 0.999 at σ = 0.3,
+  against 0.44 ℓ_N in the carbon_24 data) and its log-volume ``k log ℓ_N + tr Y`` is
+  Gaussian. Hence ``"log"`` is the default; ``"linear"`` (with :func:`spd_floor` at
+  every sampler step) remains for comparison;
+* DiffCSP's alternative, DDPM on the raw 9 entries of ``L`` towards ``N(0, I)``, has a
+  prior unrelated to the density (median ``|det|`` ≈ 1 Å³ against ≈ 40–150 Å³ in the
+  data), left-handed half of the time, and rotations among its degrees of freedom, so it
+  needs an O(3)-equivariant score of a 9-vector; the symmetric lattice has 6, none of
+  them a rotation.
+
+**Positions where the cell moves** live in fractional coordinates on the torus: the cell
+process keeps ``f`` (:func:`with_cell`), and a VE process on ``f`` uses the wrapped
+normal of the unit lattice ``Z^k`` (:func:`fractional_wrapped_normal_score`, the
+existing :func:`agedi_jax.sde.wrapped_normal_score` with the identity cell). Helpers
+:func:`cart_to_frac`, :func:`frac_to_cart`, :func:`frac_score` (Cartesian gradients as
+fractional ones), :func:`wrap_frac`, :func:`batch_fractional`.
+
+Layers (pbc T, T, F) assume the package's convention for 2D materials: ``a`` and ``b``
+in the xy plane, ``c`` along z (a block-diagonal cell); the polar factors are then
+block-diagonal too, and only the 2×2 in-plane block diffuses.
+
+Everything is a pure, jittable function of arrays except :func:`fit_lattice` and
+:func:`reduce_cell` (host, ASE). :class:`LatticeSDE` is a frozen NamedTuple of Python
+numbers registered as a static pytree, like the position SDEs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agedi_jax.batch import AtomsBatch
+from agedi_jax.geometry import inv3, safe_cell
+from agedi_jax.sde import SDES, VPLinearSchedule, wrapped_normal_score
+
+Array = jax.Array
+
+__all__ = [
+    "sym",
+    "sym_normal",
+    "polar_decomposition",
+    "lattice_mask",
+    "periodic_dim",
+    "PARAMS",
+    "LatticeSDE",
+    "make_lattice_sde",
+    "length_scale",
+    "cell_to_coords",
+    "coords_to_cell",
+    "limit_mean",
+    "stationary_std",
+    "marginal",
+    "kernel_sample",
+    "kernel_score",
+    "kernel_log_density",
+    "eps_to_cell_score",
+    "drift",
+    "g2",
+    "reverse_drift",
+    "prior_coords",
+    "prior_cell",
+    "spd_floor",
+    "cart_to_frac",
+    "frac_to_cart",
+    "frac_score",
+    "wrap_frac",
+    "fractional_wrapped_normal_score",
+    "batch_fractional",
+    "with_cell",
+    "graph_lattice_mask",
+    "canonicalize",
+    "noise_cell",
+    "cell_prior_sample",
+    "LatticeFit",
+    "reduce_cell",
+    "fit_lattice",
+]
+
+
+# --------------------------------------------------------------------------------------
+# Symmetric matrices and the polar decomposition
+# --------------------------------------------------------------------------------------
+
+
+def sym(m: Any) -> Array:
+    """Symmetric part ``(M + Mᵀ)/2`` of ``[..., 3, 3]`` matrices (the orthogonal projection
+    onto symmetric matrices in the Frobenius inner product)."""
+    m = jnp.asarray(m)
+    return 0.5 * (m + jnp.swapaxes(m, -1, -2))
+
+
+def sym_normal(key: Array, shape: tuple[int, ...] = (), dtype: Any = jnp.float32) -> Array:
+    """Standard normal on symmetric 3×3 matrices in the Frobenius metric, ``[*shape, 3, 3]``:
+    ``sym(Z)`` with ``Z`` iid ``N(0, 1)``. Diagonal entries have variance 1, off-diagonal
+    ones variance ½, so the coordinates in the orthonormal basis ``{e_ii, (e_ij + e_ji)/√2}``
+    are iid ``N(0, 1)``; the law is invariant under ``E ↦ Q E Qᵀ`` for every orthogonal Q."""
+    return sym(jax.random.normal(key, tuple(shape) + (3, 3), dtype))
+
+
+def polar_decomposition(cell: Any, iters: int = 12) -> tuple[Array, Array]:
+    """Left polar decomposition ``L = S R`` of full-rank cells ``[..., 3, 3]`` (rows =
+    lattice vectors, Å).
+
+    ``R`` (orthogonal, ``det R = sign det L``) is the limit of the determinant-scaled
+    Newton iteration ``X ← ½(γ X + X^{−T}/γ)``, ``γ = |det X|^{−1/3}``, from ``X = L``
+    (quadratic convergence; ``iters = 12`` reaches float64 rounding for condition numbers
+    up to ~1e6); ``S = sym(L Rᵀ) = (L Lᵀ)^{1/2}``, symmetric positive definite, Å. Unlike
+    an eigendecomposition of ``L Lᵀ`` this stays differentiable for cells with degenerate
+    Gram eigenvalues (cubic cells).
+
+    Returns:
+      ``(S, R)``, both ``[..., 3, 3]``.
+    """
+    cell = jnp.asarray(cell)
+    chex.assert_shape(cell, (..., 3, 3))
+    x = cell
+    for _ in range(iters):
+        det = jnp.linalg.det(x)[..., None, None]
+        gamma = jnp.abs(det) ** (-1.0 / 3.0)
+        x = 0.5 * (gamma * x + jnp.swapaxes(inv3(x), -1, -2) / gamma)
+    r = x
+    s = sym(cell @ jnp.swapaxes(r, -1, -2))
+    return s, r
+
+
+def lattice_mask(pbc: Any) -> Array:
+    """``[..., 3, 3]`` bool: the entries of ``S`` that diffuse, ``pbc_i & pbc_j`` (all 9 for
+    bulk, the in-plane 2×2 block for pbc (T, T, F), none for a cluster)."""
+    pbc = jnp.asarray(pbc, bool)
+    return pbc[..., :, None] & pbc[..., None, :]
+
+
+def periodic_dim(mask: Any) -> Array:
+    """Number ``k`` of periodic axes ``[...]`` (float) from a :func:`lattice_mask`."""
+    return jnp.sum(jnp.diagonal(jnp.asarray(mask, bool), axis1=-2, axis2=-1), axis=-1).astype(jnp.result_type(float))
+
+
+# --------------------------------------------------------------------------------------
+# The process
+# --------------------------------------------------------------------------------------
+
+PARAMS = ("log", "linear")
+"""Lattice coordinates of :class:`LatticeSDE` (module docstring)."""
+
+
+class LatticeSDE(NamedTuple):
+    """VP process on the symmetric lattice with a density-scaled limit (module docstring).
+
+    Attributes:
+      schedule: a VP schedule of :mod:`agedi_jax.sde` (:class:`VPLinearSchedule` or
+        :class:`VPCosineSchedule`): ``β(t)`` and ``α(t) = ∫_0^t β``.
+      scale: ``c`` (Å): the limit cell is ``ℓ_N I``, ``ℓ_N = c N^{1/k}`` on the ``k``
+        periodic axes, so ``c^k`` is the volume (k = 3) or area (k = 2) per atom.
+      sigma_rel: stationary standard deviation per orthonormal coordinate of
+        ``log(S/ℓ_N)`` (``"log"``) or of ``S/ℓ_N`` (``"linear"``), dimensionless.
+      param: ``"log"`` (default: ``Y = log(S/ℓ_N)``, every cell positive definite) or
+        ``"linear"`` (``Y = S``, MatterGen-like).
+    """
+
+    schedule: Any = VPLinearSchedule()
+    scale: float = 1.0
+    sigma_rel: float = 0.2
+    param: str = "log"
+
+    def validate(self) -> None:
+        allowed = tuple(SDES["vp"][1].values())
+        if not isinstance(self.schedule, allowed):
+            raise TypeError(f"LatticeSDE needs a VP schedule ({', '.join(c.__name__ for c in allowed)}), "
+                            f"got {type(self.schedule).__name__}")
+        self.schedule.validate()
+        for name in ("scale", "sigma_rel"):
+            v = getattr(self, name)
+            if isinstance(v, (int, float)) and not v > 0:
+                raise ValueError(f"LatticeSDE: {name} must be > 0, got {v}")
+        if self.param not in PARAMS:
+            raise ValueError(f"LatticeSDE: param must be one of {PARAMS}, got {self.param!r}")
+
+
+try:
+    jax.tree_util.register_static(LatticeSDE)
+except ValueError:  # already registered (a module reload)
+    pass
+
+
+def make_lattice_sde(schedule: str = "linear", *, scale: float, sigma_rel: float = 0.2, param: str = "log",
+                     **params: float) -> LatticeSDE:
+    """Build and validate a :class:`LatticeSDE` from a VP schedule name (``"linear"``,
+    ``"cosine"``) and its fields (``beta_min``, ``beta_max`` / ``s``, ``alpha_max``)."""
+    schedules = SDES["vp"][1]
+    if schedule not in schedules:
+        raise ValueError(f"lattice schedule {schedule!r} unknown; choose one of {sorted(schedules)}")
+    cls = schedules[schedule]
+    unknown = sorted(set(params) - set(cls._fields))
+    if unknown:
+        raise ValueError(f"{schedule!r} schedule: no parameter(s) {unknown}; valid: {list(cls._fields)}")
+    out = LatticeSDE(cls(**{k: float(v) for k, v in params.items()}), float(scale), float(sigma_rel), param)
+    out.validate()
+    return out
+
+
+def length_scale(sde: LatticeSDE, n_atoms: Any, mask: Any) -> Array:
+    """``ℓ_N = c N^{1/k}`` (Å) per cell ``[...]``; 0 where ``k = 0``. ``n_atoms`` ``[...]``,
+    ``mask`` ``[..., 3, 3]``."""
+    k = periodic_dim(mask)
+    n = jnp.maximum(jnp.asarray(n_atoms, k.dtype), 1.0)
+    return jnp.where(k > 0, sde.scale * n ** (1.0 / jnp.maximum(k, 1.0)), 0.0)
+
+
+def _sym_fn(m: Array, fn) -> Array:
+    """``fn`` applied to the eigenvalues of symmetric ``[..., 3, 3]`` (forward only: the
+    gradient of an eigendecomposition is undefined at degenerate eigenvalues)."""
+    w, v = jnp.linalg.eigh(sym(m))
+    return jnp.einsum("...ij,...j,...kj->...ik", v, fn(w), v)
+
+
+def cell_to_coords(sde: LatticeSDE, s: Any, n_atoms: Any, mask: Any) -> Array:
+    """Lattice coordinates ``Y`` ``[..., 3, 3]`` of symmetric cells ``S``: ``"log"``:
+    ``log(S/ℓ_N)`` on the masked block (a block-diagonal ``S`` is assumed); ``"linear"``:
+    ``S``. Unmasked entries are ``S``'s own (they never move). Forward only."""
+    s = jnp.asarray(s)
+    mask = jnp.asarray(mask, bool)
+    if sde.param == "linear":
+        return s
+    ls = length_scale(sde, n_atoms, mask).astype(s.dtype)
+    ls = jnp.where(ls > 0, ls, 1.0)[..., None, None]
+    eye = jnp.eye(3, dtype=s.dtype)
+    a = _sym_fn(jnp.where(mask, s / ls, eye), lambda w: jnp.log(jnp.maximum(w, jnp.finfo(s.dtype).tiny)))
+    return jnp.where(mask, a, s)
+
+
+def coords_to_cell(sde: LatticeSDE, y: Any, n_atoms: Any, mask: Any) -> Array:
+    """Inverse of :func:`cell_to_coords`: ``S = ℓ_N exp(Y)`` on the masked block (always
+    positive definite) for ``"log"``, ``S = Y`` for ``"linear"``; Å. Forward only."""
+    y = jnp.asarray(y)
+    mask = jnp.asarray(mask, bool)
+    if sde.param == "linear":
+        return y
+    ls = length_scale(sde, n_atoms, mask).astype(y.dtype)[..., None, None]
+    e = _sym_fn(jnp.where(mask, y, 0.0), jnp.exp)
+    return jnp.where(mask, ls * e, y)
+
+
+def limit_mean(sde: LatticeSDE, n_atoms: Any, mask: Any) -> Array:
+    """Limit (prior) mean of the coordinates ``[..., 3, 3]`` on the masked block: 0 for
+    ``"log"`` (the cell ``ℓ_N I``), ``ℓ_N I`` (Å) for ``"linear"``; zero outside it."""
+    mask = jnp.asarray(mask, bool)
+    ls = length_scale(sde, n_atoms, mask)
+    if sde.param == "log":
+        return jnp.zeros(mask.shape, ls.dtype)
+    return jnp.where(mask, ls[..., None, None] * jnp.eye(3, dtype=ls.dtype), 0.0)
+
+
+def stationary_std(sde: LatticeSDE, n_atoms: Any, mask: Any) -> Array:
+    """Prior standard deviation per orthonormal coordinate ``[...]``: ``σ_rel`` for
+    ``"log"``, ``σ_rel ℓ_N`` (Å) for ``"linear"``; 0 for cells without periodic axes."""
+    ls = length_scale(sde, n_atoms, mask)
+    if sde.param == "log":
+        return jnp.where(ls > 0, sde.sigma_rel, 0.0).astype(ls.dtype)
+    return sde.sigma_rel * ls
+
+
+def marginal(sde: LatticeSDE, y0: Any, t: Any, n_atoms: Any, mask: Any) -> tuple[Array, Array]:
+    """Kernel ``p_0t(Y | Y_0)`` of the coordinates: ``(mean [..., 3, 3], std [...])``.
+
+    ``mean = μ + e^{−α(t)/2}(Y_0 − μ)`` on the masked entries (``μ`` :func:`limit_mean`)
+    and ``Y_0`` elsewhere (the fixed axes); ``std = σ_∞ sqrt(1 − e^{−α(t)})`` per
+    orthonormal coordinate (``σ_∞`` :func:`stationary_std`). ``t`` and ``n_atoms``
+    ``[...]`` (one per cell)."""
+    sde.validate()
+    y0 = jnp.asarray(y0)
+    chex.assert_shape(y0, (..., 3, 3))
+    mask = jnp.asarray(mask, bool)
+    t = jnp.asarray(t, y0.dtype)
+    alpha = sde.schedule.alpha(t)
+    mu = limit_mean(sde, n_atoms, mask).astype(y0.dtype)
+    m = jnp.exp(-0.5 * alpha)[..., None, None]
+    mean = jnp.where(mask, mu + m * (y0 - mu), y0)
+    std = stationary_std(sde, n_atoms, mask).astype(y0.dtype) * jnp.sqrt(-jnp.expm1(-alpha))
+    return mean, std
+
+
+def kernel_sample(key: Array, sde: LatticeSDE, y0: Any, t: Any, n_atoms: Any, mask: Any) -> tuple[Array, Array, Array]:
+    """Draw ``Y_t ~ p_0t(· | Y_0)``.
+
+    Returns:
+      ``(y_t [..., 3, 3], eps [..., 3, 3], std [...])``: ``eps`` is the masked
+      :func:`sym_normal` draw (the ε-target, ``−std ·`` the kernel score); unmasked
+      entries of ``y_t`` equal ``Y_0``.
+    """
+    y0 = jnp.asarray(y0)
+    mask = jnp.asarray(mask, bool)
+    mean, std = marginal(sde, y0, t, n_atoms, mask)
+    eps = jnp.where(mask, sym_normal(key, y0.shape[:-2], y0.dtype), 0.0)
+    return mean + std[..., None, None] * eps, eps, std
+
+
+def kernel_score(sde: LatticeSDE, y: Any, y0: Any, t: Any, n_atoms: Any, mask: Any) -> Array:
+    """Score ``∇_Y log p_0t(Y | Y_0) = −(Y − mean)/std²`` ``[..., 3, 3]``: the Frobenius
+    gradient on the masked symmetric subspace, 0 on fixed entries (Å⁻¹ for ``"linear"``)."""
+    y = jnp.asarray(y)
+    mask = jnp.asarray(mask, bool)
+    mean, std = marginal(sde, y0, t, n_atoms, mask)
+    v = jnp.maximum(std * std, jnp.finfo(y.dtype).tiny)[..., None, None]
+    return jnp.where(mask, -sym(y - mean) / v, 0.0)
+
+
+def kernel_log_density(sde: LatticeSDE, y: Any, y0: Any, t: Any, n_atoms: Any, mask: Any) -> Array:
+    """``log p_0t(Y | Y_0)`` ``[...]`` with respect to the Lebesgue measure of the
+    orthonormal coordinates of the masked symmetric block (``d = k(k+1)/2`` of them):
+    ``−‖Y − mean‖²_F/(2 std²) − (d/2) log(2π std²)``."""
+    y = jnp.asarray(y)
+    mask = jnp.asarray(mask, bool)
+    mean, std = marginal(sde, y0, t, n_atoms, mask)
+    k = periodic_dim(mask)
+    d = 0.5 * k * (k + 1.0)
+    r2 = jnp.sum(jnp.where(mask, (y - mean) ** 2, 0.0), axis=(-1, -2))
+    v = std * std
+    return -0.5 * r2 / v - 0.5 * d * jnp.log(2.0 * jnp.pi * v)
+
+
+def eps_to_cell_score(eps: Any, std: Any) -> Array:
+    """Score ``−ε/std`` ``[..., 3, 3]`` from a noise prediction ``ε`` and ``std`` ``[...]``;
+    0 where ``std`` is 0."""
+    eps = jnp.asarray(eps)
+    sd = jnp.asarray(std, eps.dtype)[..., None, None]
+    return jnp.where(sd > 0, -eps / jnp.where(sd > 0, sd, 1.0), 0.0)
+
+
+def drift(sde: LatticeSDE, y: Any, t: Any, n_atoms: Any, mask: Any) -> Array:
+    """Forward drift ``f = −½ β(t)(Y − μ)`` (per unit time) on the masked entries."""
+    sde.validate()
+    y = jnp.asarray(y)
+    mask = jnp.asarray(mask, bool)
+    beta = sde.schedule.beta(jnp.asarray(t, y.dtype))[..., None, None]
+    mu = limit_mean(sde, n_atoms, mask).astype(y.dtype)
+    return jnp.where(mask, -0.5 * beta * (y - mu), 0.0)
+
+
+def g2(sde: LatticeSDE, t: Any, n_atoms: Any, mask: Any) -> Array:
+    """Squared diffusion ``g² = β(t) σ_∞²`` (per unit time) ``[...]``."""
+    sde.validate()
+    t = jnp.asarray(t, jnp.result_type(float))
+    return sde.schedule.beta(t) * stationary_std(sde, n_atoms, mask).astype(t.dtype) ** 2
+
+
+def reverse_drift(sde: LatticeSDE, y: Any, t: Any, score: Any, n_atoms: Any, mask: Any,
+                  probability_flow: bool = False) -> Array:
+    """Drift of the reverse-time SDE ``f − g² ∇ log p_t`` (or of the probability-flow ODE,
+    ``f − ½ g² ∇ log p_t``) on the masked entries, ``[..., 3, 3]``. A reverse
+    Euler–Maruyama step from ``t`` to ``t − h`` is ``Y ← Y − h·drift + sqrt(h g²) E``
+    with ``E`` a masked :func:`sym_normal` draw (no noise for the ODE)."""
+    y = jnp.asarray(y)
+    mask = jnp.asarray(mask, bool)
+    factor = 0.5 if probability_flow else 1.0
+    gg = g2(sde, t, n_atoms, mask).astype(y.dtype)[..., None, None]
+    out = drift(sde, y, t, n_atoms, mask) - factor * gg * sym(jnp.asarray(score, y.dtype))
+    return jnp.where(mask, out, 0.0)
+
+
+def prior_coords(key: Array, sde: LatticeSDE, n_atoms: Any, mask: Any, template: Any) -> Array:
+    """Prior draw of the coordinates, ``μ + σ_∞ E`` on the masked entries and
+    ``template``'s entries elsewhere (``[..., 3, 3]``; the fixed axes of a layer)."""
+    template = jnp.asarray(template)
+    mask = jnp.asarray(mask, bool)
+    mu = limit_mean(sde, n_atoms, mask).astype(template.dtype)
+    sd = stationary_std(sde, n_atoms, mask).astype(template.dtype)[..., None, None]
+    eps = sym_normal(key, template.shape[:-2], template.dtype)
+    return jnp.where(mask, mu + sd * eps, template)
+
+
+def prior_cell(key: Array, sde: LatticeSDE, n_atoms: Any, mask: Any, template: Any) -> Array:
+    """Prior draw of symmetric cells ``[..., 3, 3]`` (Å): :func:`prior_coords` mapped by
+    :func:`coords_to_cell`; ``template`` (a symmetric cell) supplies the fixed entries."""
+    template = jnp.asarray(template)
+    y = prior_coords(key, sde, n_atoms, mask, template)
+    return coords_to_cell(sde, y, n_atoms, mask)
+
+
+def spd_floor(s: Any, mask: Any, floor: Any) -> Array:
+    """``S`` with the eigenvalues of its masked block raised to at least ``floor`` (Å,
+    ``[...]`` or scalar), others unchanged: the nearest (Frobenius) such matrix. Every
+    interplanar spacing of a cell ``S`` is at least its smallest eigenvalue, so a floor
+    bounds the periodic images an edge template needs; for ``"linear"`` sampling."""
+    s = jnp.asarray(s)
+    mask = jnp.asarray(mask, bool)
+    eye = jnp.eye(3, dtype=s.dtype)
+    floor = jnp.asarray(floor, s.dtype)[..., None]
+    fixed = _sym_fn(jnp.where(mask, s, eye), lambda w: jnp.maximum(w, floor))
+    return jnp.where(mask, fixed, s)
+
+
+# --------------------------------------------------------------------------------------
+# Fractional coordinates
+# --------------------------------------------------------------------------------------
+
+
+def cart_to_frac(x: Any, cell: Any) -> Array:
+    """Fractional coordinates ``f = x L⁻¹`` ``[..., 3]`` of Cartesian rows ``x`` (Å) in
+    full-rank cells ``cell`` ``[..., 3, 3]`` (broadcast per row)."""
+    x = jnp.asarray(x)
+    return jnp.einsum("...i,...ij->...j", x, inv3(jnp.asarray(cell, x.dtype)))
+
+
+def frac_to_cart(f: Any, cell: Any) -> Array:
+    """Cartesian rows ``x = f L`` (Å) ``[..., 3]``."""
+    f = jnp.asarray(f)
+    return jnp.einsum("...i,...ij->...j", f, jnp.asarray(cell, f.dtype))
+
+
+def frac_score(score_x: Any, cell: Any) -> Array:
+    """A Cartesian score (gradient) ``∇_x`` ``[..., 3]`` (Å⁻¹) as the gradient with respect
+    to fractional coordinates, ``∇_f = ∇_x Lᵀ`` (rows; ``x = f L``), per unit fractional
+    coordinate. The inverse is ``∇_x = ∇_f L⁻ᵀ``. Use it to compare a network's Cartesian
+    vector output with a fractional wrapped-normal target."""
+    score_x = jnp.asarray(score_x)
+    return jnp.einsum("...j,...ij->...i", score_x, jnp.asarray(cell, score_x.dtype))
+
+
+def wrap_frac(f: Any, pbc: Any) -> Array:
+    """``f − ⌊f⌋`` along periodic axes (into ``[0, 1)``), unchanged elsewhere."""
+    f = jnp.asarray(f)
+    return jnp.where(jnp.asarray(pbc, bool), f - jnp.floor(f), f)
+
+
+def fractional_wrapped_normal_score(d: Any, std: Any, pbc: Any, images: int = 2) -> Array:
+    """Score of the wrapped normal on the unit torus ``∇_f log Σ_{m ∈ Z^k} N(d − m; 0,
+    std² I)`` ``[n, 3]`` (per unit fractional coordinate) for displacements ``d`` ``[n, 3]``
+    from the kernel mean, fractional ``std`` ``[n]`` > 0 and ``pbc`` ``[n, 3]``;
+    Gaussian (``−d/std²``) along non-periodic axes. This is
+    :func:`agedi_jax.sde.wrapped_normal_score` with the identity cell, whose
+    real-space / Poisson switch keeps it accurate for every ``std``."""
+    d = jnp.asarray(d)
+    chex.assert_shape(d, (None, 3))
+    n = d.shape[0]
+    eye = jnp.broadcast_to(jnp.eye(3, dtype=d.dtype), (n, 3, 3))
+    return wrapped_normal_score(d, std, eye, pbc, images)
+
+
+# --------------------------------------------------------------------------------------
+# On a batch
+# --------------------------------------------------------------------------------------
+
+
+def graph_lattice_mask(batch: AtomsBatch) -> Array:
+    """``[g, 3, 3]`` bool :func:`lattice_mask` of every real graph (padding graphs: none)."""
+    gm = jnp.asarray(batch.graph_mask, bool)
+    return lattice_mask(batch.pbc) & gm[:, None, None]
+
+
+def batch_fractional(batch: AtomsBatch, positions: Any = None) -> Array:
+    """Fractional coordinates ``[n, 3]`` of the atoms of periodic graphs (not wrapped);
+    atoms of graphs without periodic axes keep their Cartesian coordinates (identity
+    cell, :func:`agedi_jax.geometry.safe_cell`)."""
+    x = jnp.asarray(batch.positions if positions is None else positions)
+    _, inv = safe_cell(batch, x.dtype)
+    return jnp.einsum("ni,nij->nj", x, inv[batch.graph_index])
+
+
+def with_cell(batch: AtomsBatch, cell: Any) -> AtomsBatch:
+    """The batch with cells ``cell`` ``[g, 3, 3]`` (Å) on its periodic graphs and every atom
+    of those graphs moved with the cell so that its fractional coordinates are kept
+    (``x ← f L_new``); graphs without periodic axes are returned unchanged. Edges stay
+    valid (:func:`agedi_jax.edges.edge_vectors` recomputes vectors from the cell) as long
+    as the template's image range covers the new cell at the cutoff."""
+    cell = jnp.asarray(cell, jnp.asarray(batch.positions).dtype)
+    chex.assert_shape(cell, (batch.num_graphs, 3, 3))
+    per = jnp.any(jnp.asarray(batch.pbc, bool), -1) & jnp.asarray(batch.graph_mask, bool)
+    new_cell = jnp.where(per[:, None, None], cell, jnp.asarray(batch.cell, cell.dtype))
+    f = batch_fractional(batch)
+    gi = batch.graph_index
+    x = jnp.where(per[gi][:, None], jnp.einsum("ni,nij->nj", f, new_cell[gi]), jnp.asarray(batch.positions, cell.dtype))
+    return batch._replace(positions=x, cell=new_cell)
+
+
+def canonicalize(batch: AtomsBatch) -> tuple[AtomsBatch, Array]:
+    """Rotate every periodic graph into its canonical frame (cell ``S``, positions ``f S``).
+
+    A left-handed cell is first replaced by a right-handed basis of the same lattice, its
+    first periodic lattice vector negated (a unimodular change of basis; that fractional
+    coordinate changes sign), so the crystal is only *rotated* (``det R = +1``), never
+    mirrored, and the vacuum axis of a layer keeps its direction. Graphs without periodic
+    axes are unchanged.
+
+    Returns:
+      ``(batch, R)``: ``R`` ``[g, 3, 3]`` the proper rotation with ``L' = S R``
+      (``L'`` the right-handed basis; identity for non-periodic graphs), so the new
+      positions are ``x Rᵀ``.
+    """
+    cell, _ = safe_cell(batch, jnp.asarray(batch.positions).dtype)
+    pbc = jnp.asarray(batch.pbc, bool)
+    per = jnp.any(pbc, -1) & jnp.asarray(batch.graph_mask, bool)
+    eye = jnp.eye(3, dtype=cell.dtype)
+    safe = jnp.where(per[:, None, None], cell, eye)
+    first = jnp.argmax(pbc, axis=-1)  # first periodic axis
+    left = jnp.linalg.det(safe) < 0
+    flip = jnp.where(left[:, None] & (jnp.arange(3)[None, :] == first[:, None]), -1.0, 1.0).astype(cell.dtype)
+    right = flip[:, :, None] * safe
+    s, r = polar_decomposition(right)
+    # Same Cartesian positions in the right-handed basis; with_cell then maps f' to f' S.
+    flipped = batch._replace(cell=jnp.where(per[:, None, None], right, cell),
+                             positions=jnp.asarray(batch.positions, cell.dtype))
+    return with_cell(flipped, s), jnp.where(per[:, None, None], r, eye)
+
+
+def _graph_times(batch: AtomsBatch, t: Any, dtype: Any) -> Array:
+    t = jnp.asarray(t, dtype)
+    if t.ndim == 0:
+        return jnp.broadcast_to(t, (batch.num_graphs,))
+    chex.assert_shape(t, (batch.num_graphs,))
+    return t
+
+
+def noise_cell(key: Array, sde: LatticeSDE, batch: AtomsBatch, t: Any) -> tuple[AtomsBatch, Array, Array]:
+    """Noise the cells of a batch: ``Y_t ~ p_0t(· | Y_0)`` per graph in lattice coordinates
+    (:func:`cell_to_coords` of the canonical cell), atoms carried along at fixed fractional
+    coordinates (:func:`with_cell`).
+
+    ``S_0`` is the symmetric polar factor of each (right-handed) cell, so the input need
+    not be canonical; the output is in the canonical frame (cell ``S_t``, positions
+    ``f S_t``). Only the entries of :func:`graph_lattice_mask` move.
+
+    Args:
+      key: PRNG key (one :func:`sym_normal` draw per graph slot).
+      sde: the lattice process.
+      batch: clean batch; ``N`` is ``batch.n_node``.
+      t: ``[g]`` per-graph times in (0, 1] (or a scalar).
+    Returns:
+      ``(batch_t, eps [g, 3, 3], std [g])``: ``eps`` the ε-target in coordinates
+      (``−std ·`` the kernel score; 0 on fixed entries and non-periodic graphs) and
+      ``std`` the kernel standard deviation (:func:`marginal`).
+    """
+    canon, _ = canonicalize(batch)
+    s0 = jnp.asarray(canon.cell)
+    mask = graph_lattice_mask(batch)
+    n = batch.n_node
+    y0 = cell_to_coords(sde, s0, n, mask)
+    y_t, eps, std = kernel_sample(key, sde, y0, _graph_times(batch, t, s0.dtype), n, mask)
+    return with_cell(canon, coords_to_cell(sde, y_t, n, mask)), eps, std
+
+
+def cell_prior_sample(key: Array, sde: LatticeSDE, batch: AtomsBatch) -> AtomsBatch:
+    """Draw the cells of the periodic graphs from the prior (:func:`prior_cell`, ``N =
+    batch.n_node``), atoms kept at their fractional coordinates; the fixed axes of a layer
+    keep the template's entries (its canonical ``S``)."""
+    canon, _ = canonicalize(batch)
+    mask = graph_lattice_mask(batch)
+    cell = prior_cell(key, sde, batch.n_node, mask, canon.cell)
+    return with_cell(canon, cell)
+
+
+# --------------------------------------------------------------------------------------
+# Fitting the prior to data (host)
+# --------------------------------------------------------------------------------------
+
+
+class LatticeFit(NamedTuple):
+    """Statistics of a set of crystals for the prior (:func:`fit_lattice`).
+
+    Attributes:
+      scale: ``c`` (Å), the geometric mean of ``(V/N)^{1/k}`` (so the mean of
+        ``tr log(S/ℓ_N)`` over the set is exactly 0).
+      sigma_log: RMS per orthonormal coordinate of ``log(S/ℓ_N)`` (``param="log"``).
+      sigma_linear: RMS per orthonormal coordinate of ``S/ℓ_N − I`` (``param="linear"``).
+      dim: ``k``, periodic axes of every structure.
+      spread: standard deviation of ``log (V/N)^{1/k}`` (the relative spread of the
+        density's length scale).
+      per_n: ``{N: c_N}`` the geometric mean of ``(V/N)^{1/k}`` per atom count.
+      n_structures: how many structures were used.
+    """
+
+    scale: float
+    sigma_log: float
+    sigma_linear: float
+    dim: int
+    spread: float
+    per_n: dict
+    n_structures: int
+
+    def sde(self, param: str = "log", schedule: Any = None) -> LatticeSDE:
+        """The :class:`LatticeSDE` with this fit's ``scale`` and the ``sigma_rel`` of
+        ``param``; ``schedule`` defaults to :class:`VPLinearSchedule`."""
+        sigma = self.sigma_log if param == "log" else self.sigma_linear
+        out = LatticeSDE(VPLinearSchedule() if schedule is None else schedule, self.scale, sigma, param)
+        out.validate()
+        return out
+
+
+def reduce_cell(cell: Any, pbc: Any) -> np.ndarray:
+    """Host: a reduced basis ``[3, 3]`` of the same lattice (Niggli for bulk; Minkowski
+    along the periodic axes otherwise), right-handed. The polar factor ``S`` of a reduced
+    cell is as close to isotropic as the lattice allows."""
+    from ase.cell import Cell
+    from ase.geometry import minkowski_reduce
+
+    cell = np.asarray(cell, np.float64)
+    pbc = np.asarray(pbc, bool)
+    if pbc.all():
+        red = np.asarray(Cell(cell).niggli_reduce()[0][:])
+    elif pbc.any():
+        red = np.asarray(minkowski_reduce(cell, pbc=pbc)[0])
+    else:
+        return cell
+    if np.linalg.det(red) < 0:  # negate the first periodic vector: same lattice, right-handed
+        red[int(np.argmax(pbc))] *= -1.0
+    return red
+
+
+def _sqrt_gram(cell: np.ndarray) -> np.ndarray:
+    """Host float64 ``S = (L Lᵀ)^{1/2}``, the symmetric polar factor of ``L``."""
+    w, v = np.linalg.eigh(cell @ cell.T)
+    return (v * np.sqrt(np.maximum(w, 0.0))) @ v.T
+
+
+def _measure(cell: np.ndarray, pbc: np.ndarray) -> float:
+    """Volume (k = 3), area (k = 2) or length (k = 1) spanned by the periodic rows."""
+    a = cell[pbc]
+    return float(np.sqrt(abs(np.linalg.det(a @ a.T))))
+
+
+def fit_lattice(atoms_list: Sequence[Any], reduce: bool = True) -> LatticeFit:
+    """Fit the density-scaled prior to structures (``ase.Atoms``, host, float64).
+
+    ``c`` is the geometric mean of ``(V/N)^{1/k}`` (``V`` the volume, or area, spanned by
+    the ``k`` periodic lattice vectors); ``σ_rel`` the RMS of the orthonormal coordinates
+    of ``log(S/ℓ_N)`` and of ``S/ℓ_N − I`` (``ℓ_N = c N^{1/k}``) on the periodic block, with
+    ``S`` the polar factor of the (by default Niggli/Minkowski-reduced, :func:`reduce_cell`)
+    cell. Structures must all have the same periodic axes (raises ``ValueError`` otherwise
+    or for an empty list). Use as ``fit.sde("log")``.
+    """
+    if len(atoms_list) == 0:
+        raise ValueError("fit_lattice: no structures")
+    pbcs = {tuple(bool(p) for p in a.pbc) for a in atoms_list}
+    if len(pbcs) != 1 or not any(next(iter(pbcs))):
+        raise ValueError(f"fit_lattice: need structures with one common, non-empty set of periodic axes, got {sorted(pbcs)}")
+    pbc = np.array(next(iter(pbcs)))
+    k = int(pbc.sum())
+    d = k * (k + 1) // 2
+    lengths, blocks, ns = [], [], []
+    for a in atoms_list:
+        n = len(a)
+        cell = np.asarray(a.cell[:], np.float64)
+        if reduce:
+            cell = reduce_cell(cell, pbc)
+        lengths.append((_measure(cell, pbc) / n) ** (1.0 / k))
+        ns.append(n)
+        blocks.append(_sqrt_gram(cell)[np.ix_(pbc, pbc)])
+    lengths = np.asarray(lengths)
+    ns = np.asarray(ns)
+    c = float(np.exp(np.mean(np.log(lengths))))
+    sq_lin = sq_log = 0.0
+    for s, n in zip(blocks, ns):
+        r = s / (c * n ** (1.0 / k))
+        w = np.linalg.eigvalsh(r)
+        sq_lin += float(np.sum((r - np.eye(k)) ** 2)) / d
+        sq_log += float(np.sum(np.log(w) ** 2)) / d  # ‖log R‖²_F = Σ log² λ
+    per_n = {int(n): float(np.exp(np.mean(np.log(lengths[ns == n])))) for n in np.unique(ns)}
+    return LatticeFit(
+        scale=c,
+        sigma_log=float(np.sqrt(sq_log / len(blocks))),
+        sigma_linear=float(np.sqrt(sq_lin / len(blocks))),
+        dim=k,
+        spread=float(np.std(np.log(lengths))),
+        per_n=per_n,
+        n_structures=len(atoms_list),
+    )

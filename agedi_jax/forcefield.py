@@ -266,8 +266,16 @@ def prepare_config(config: Any, vocab: TypeVocab, train_structures: Sequence[Any
 # --------------------------------------------------------------------------------------
 
 
-def _predict_fn(model: Any):
+def _predict_fn(model: Any, dense: bool = True):
+    """The jitted ``(params, batch) -> (energy, forces)``; for a model that picks its
+    network's layout per batch (:func:`agedi_jax.model.picks_layout`) one compilation per
+    layout (the dense per-structure layout for batches of small structures)."""
     from agedi_jax.cache import compiled
+    from agedi_jax.model import _PerLayout, picks_layout
+
+    if dense and picks_layout(model):
+        return compiled("ff_predict_dispatch", model,
+                        lambda: _PerLayout(model, lambda m: _predict_fn(m, dense=False), batch_arg=1))
 
     def build():
         return jax.jit(lambda params, batch: model_energy_and_forces(model, params, batch))

@@ -16,7 +16,9 @@ Three ways to say what to generate (paper Sec. III):
 Options: a label and guidance weight ``w`` (classifier-free guidance, Eq. 19), type
 interpolation between two elements (Eq. 20), the samplers of :mod:`agedi_jax.samplers`,
 the step count and a seed. Templates are processed in batches of ``sample.batch_size``
-structures, all padded to one bucket, so the sampler compiles once per call. With
+structures, all padded to one bucket, so the sampler compiles once per call (once per
+network layout: batches of small structures run on the dense per-structure layout,
+:class:`LayoutSampler`). With
 ``mesh=`` every batch is split into shards over the mesh's devices
 (:mod:`agedi_jax.parallel`); the structures are those of the one-device call.
 """
@@ -48,6 +50,7 @@ from agedi_jax.vocab import MASK
 
 __all__ = [
     "CompiledSampler",
+    "LayoutSampler",
     "make_templates",
     "SampleRequest",
     "prepare_request",
@@ -179,6 +182,52 @@ class CompiledSampler(NamedTuple):
         return self.finish(params, key, state, w)
 
 
+class LayoutSampler:
+    """A :class:`CompiledSampler` per network layout, picked from each template batch
+    (what :func:`make_sampler` returns for a model that picks its layout per batch,
+    :func:`agedi_jax.model.picks_layout`): the dense per-structure layout
+    (:mod:`agedi_jax.nn.dense`) for a batch of small structures with a complete edge
+    template, else the edge path; one compilation per layout, and a layout compiled
+    before that also fits the batch is reused (a smaller last batch of ``sample_atoms``
+    runs in the first batch's layout). Same interface as :class:`CompiledSampler`
+    (``start``, ``advance``, ``finish`` and ``whole`` dispatch on their batch argument,
+    the template or the state); :meth:`for_batch` gives the sampler a batch runs on.
+    The samples equal those of the edge path up to float rounding."""
+
+    def __init__(self, model: DiffusionModel, build, num_steps: int):
+        from agedi_jax.model import _PerLayout
+
+        self._pick = _PerLayout(model, build, batch_arg=2, reuse_ratio=None)
+        self.num_steps = num_steps
+
+    @property
+    def layouts(self) -> list:
+        """The dense layouts compiled so far."""
+        return self._pick.layouts
+
+    def for_batch(self, batch: AtomsBatch) -> CompiledSampler:
+        """The compiled sampler of a concrete template (or state) batch."""
+        return self._pick.for_batch(batch)
+
+    def _dispatch(self, name: str):
+        return lambda *args: getattr(self.for_batch(args[2]), name)(*args)
+
+    start = property(lambda self: self._dispatch("start"))
+    advance = property(lambda self: self._dispatch("advance"))
+    finish = property(lambda self: self._dispatch("finish"))
+    whole = property(lambda self: self._dispatch("whole"))
+    chunks = CompiledSampler.chunks
+
+    def lower(self, params, key, template, generate_types, w):
+        """:meth:`CompiledSampler.lower` of the layout picked for ``template``: the program
+        is specialised to that layout (a batch needing more atom slots or rows gets NaN
+        there; call the sampler, or :meth:`for_batch`, per batch instead)."""
+        return self.for_batch(template).lower(params, key, template, generate_types, w)
+
+    def __call__(self, params, key, template, generate_types, w, **kwargs):
+        return self.for_batch(template)(params, key, template, generate_types, w, **kwargs)
+
+
 def make_sampler(
     model: DiffusionModel,
     *,
@@ -186,16 +235,38 @@ def make_sampler(
     interpolate: tuple[int, int] | None = None,
     config: Config | None = None,
     mesh: Any = None,
-) -> CompiledSampler:
+    dense: bool = True,
+) -> CompiledSampler | LayoutSampler:
     """The :class:`CompiledSampler` of the configured sampler: prior → the steps of the
     time grid → final step (resolve MASK, Tweedie denoising). With ``guided`` the score is
     classifier-free guided with the weight ``w`` (a traced scalar: every w shares one
     compilation). With a ``mesh`` every device samples its shards with the same key
     (randomness is keyed by global graph slot). Cached per (model, guided, interpolation,
-    sampler settings, mesh): compiles once per bucket."""
+    sampler settings, mesh): compiles once per bucket.
+
+    Without a mesh, a model whose network has the dense per-structure layout
+    (:func:`agedi_jax.model.picks_layout`; PaiNN, unless ``model.network_params.dense=false``
+    or ``dense=False`` here) gets a :class:`LayoutSampler`: the network's layout is picked
+    from every template batch (dense for batches of small structures, several times
+    cheaper; samples equal to the edge path's up to float rounding), one compilation per
+    layout. With a mesh the sampler stays on the edge path: the layout is chosen on the
+    host from an unstacked batch, and the stacked shards of a data-parallel sampler are
+    not (the dense layout is not supported under ``shard_map`` yet)."""
+    from agedi_jax.model import picks_layout
+
     cfg = config or model.config
     # the seed and batch size do not change the compiled code (the bucket is a jit shape)
     sample_key = dataclasses.replace(cfg.sample, seed=0, batch_size=1)
+    if mesh is None and dense and picks_layout(model):
+        return compiled(
+            "sample_dispatch", model,
+            lambda: LayoutSampler(
+                model,
+                lambda m: make_sampler(m, guided=guided, interpolate=interpolate, config=cfg, dense=False),
+                cfg.sample.steps,
+            ),
+            guided, interpolate, sample_key, cfg.process,
+        )
     return compiled(
         "sample", model, lambda: _build_sampler(model, guided, interpolate, cfg, mesh),
         guided, interpolate, sample_key, cfg.process, mesh,
@@ -324,6 +395,11 @@ def sample_atoms(
         into ``mesh.size × shards_per_device`` contiguous shards, one block per device
         (a shard may be empty), all in one bucket. Same ``seed`` and ``batch_size`` give
         the structures of the one-device call (up to rounding).
+
+    Without a mesh the network's layout is picked per batch (:func:`make_sampler`): the
+    dense per-structure layout for batches of small structures (PaiNN; same samples as the
+    edge path up to float rounding; ``model.network_params.dense=false`` opts out). With a
+    mesh every batch runs on the edge path.
     """
     req = prepare_request(
         model, n_atoms=n_atoms, compositions=compositions, templates=templates, num_samples=num_samples,

@@ -272,6 +272,14 @@ def dense_layout(model: DiffusionModel, batch: AtomsBatch, **kwargs) -> tuple[De
     return layout_reason(batch, net.cutoff, **kwargs)
 
 
+def picks_layout(model: DiffusionModel) -> bool:
+    """Whether the model's compiled functions pick the network's layout per batch: its
+    network has a dense path, ``model.network_params.dense`` is on and it is not already
+    specialised to a layout (:func:`specialize`)."""
+    net = model.network
+    return bool(getattr(net, "supports_dense", False) and net.dense and net.layout is None)
+
+
 def specialize(model: DiffusionModel, batch: AtomsBatch | None, **kwargs) -> DiffusionModel:
     """The model specialised to a concrete ``batch``: its network (and separate energy
     network) on the dense per-structure layout when :func:`dense_layout` finds one — a
@@ -279,8 +287,10 @@ def specialize(model: DiffusionModel, batch: AtomsBatch | None, **kwargs) -> Dif
 
     Same parameters and outputs either way (float32 rounding aside); the dense layout is
     several times cheaper for clusters and small cells. ``batch=None`` gives the edge path.
-    The train and eval steps (:func:`make_train_step`, :func:`make_eval_step`) do this for
-    every batch; for a sampler, build it from ``specialize(model, template_batch)``."""
+    The train and eval steps (:func:`make_train_step`, :func:`make_eval_step`), the
+    sampler (:func:`agedi_jax.generate.make_sampler`) and force-field prediction
+    (:func:`agedi_jax.forcefield.predict_atoms`) do this for every batch; a model already
+    specialised keeps its layout there."""
     layout = None if batch is None else dense_layout(model, batch, **kwargs)[0]
     return _with_layout(model, layout)
 
@@ -288,12 +298,16 @@ def specialize(model: DiffusionModel, batch: AtomsBatch | None, **kwargs) -> Dif
 class _PerLayout:
     """A jitted step function per dense layout, picked from each (concrete) batch: calling
     it (or ``.lower``) specialises the model to the batch (:func:`specialize`) and runs the
-    step compiled for that model. A layout compiled before that also fits the batch (more
-    atom slots or structure rows, within the size limits) is reused rather than compiling
-    another one."""
+    step compiled for that model (``build(specialised_model)``, which should be cached).
+    A layout compiled before that also fits the batch (more atom slots or structure rows)
+    is reused rather than compiling another one while its pair tensor is at most
+    ``reuse_ratio`` times the batch's own (None: whenever it fits — for a sampler, whose
+    compilation costs more than one padded batch)."""
 
-    def __init__(self, model: DiffusionModel, build: Callable[[DiffusionModel], Callable], batch_arg: int):
+    def __init__(self, model: DiffusionModel, build: Callable[[DiffusionModel], Callable], batch_arg: int,
+                 reuse_ratio: float | None = 1.5):
         self.model, self.build, self.batch_arg = model, build, batch_arg
+        self.reuse_ratio = reuse_ratio
         self.layouts: list[DenseLayout] = []
 
     def for_batch(self, batch: AtomsBatch) -> Callable:
@@ -303,7 +317,8 @@ class _PerLayout:
                 fits = (known.atoms >= layout.atoms and known.graphs >= layout.graphs
                         and all(a >= b for a, b in zip(known.images, layout.images))
                         and (known.periodic or not layout.periodic)
-                        and known.pair_slots <= 1.5 * max(layout.pair_slots, 1))
+                        and (self.reuse_ratio is None
+                             or known.pair_slots <= self.reuse_ratio * max(layout.pair_slots, 1)))
                 if fits:
                     layout = known
                     break
@@ -449,7 +464,7 @@ def make_train_step(model: DiffusionModel, mesh: Any = None, *, jit: bool = True
     one compilation per layout; ``dense=False`` or ``model.network_params.dense=false``
     keeps the model as given). ``.lower(state, batch, key)`` works as for a jitted function.
     """
-    if jit and mesh is None and dense and getattr(model.network, "supports_dense", False) and model.network.dense:
+    if jit and mesh is None and dense and picks_layout(model):
         return compiled("train_dispatch", model, lambda: _PerLayout(
             model, lambda m: make_train_step(m, None, jit=True, dense=False), batch_arg=1))
     if jit:
@@ -472,7 +487,7 @@ def make_eval_step(model: DiffusionModel, mesh: Any = None, *, jit: bool = True,
     (of the union batch with a ``mesh``). With a learned force field the metrics include
     ``loss_energy``, ``loss_forces``, ``energy_mae`` (eV/atom), ``force_mae`` and
     ``force_rmse`` (eV/Å) against the batch's labels."""
-    if jit and mesh is None and dense and getattr(model.network, "supports_dense", False) and model.network.dense:
+    if jit and mesh is None and dense and picks_layout(model):
         return compiled("eval_dispatch", model, lambda: _PerLayout(
             model, lambda m: make_eval_step(m, None, jit=True, dense=False), batch_arg=1))
     if jit:

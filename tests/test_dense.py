@@ -270,3 +270,51 @@ def test_tune_malloc_opt_out(monkeypatch):
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     assert runtime.tune_malloc(force=True)["reason"] in ("mallopt", "no glibc", "mallopt refused")
+
+
+# --------------------------------------------------------------------------------------
+# Sampling picks the layout too (sample_atoms, predict_atoms)
+# --------------------------------------------------------------------------------------
+
+
+def test_sample_atoms_dense_equals_edge_path(tiny_config):
+    """A fixed-seed joint sample through ``sample_atoms`` (generated types, learned-force-
+    field guidance on x̂0, two batches) is the same with the dense layout as on the edge
+    path (float rounding aside), and force-field prediction picks the layout as well."""
+    from agedi_jax import forcefield
+    from agedi_jax.config import replace
+    from agedi_jax.generate import LayoutSampler, make_sampler, sample_atoms
+    from agedi_jax.model import build_model, init_state, picks_layout, specialize
+
+    cfg = replace(tiny_config, model=dict(avg_num_neighbors=4.0, energy_head=True),
+                  sample=dict(steps=4, energy_guidance=0.5, guidance_potential="model", guidance_on="x0"))
+    model = build_model(cfg, VOCAB)
+    edge = build_model(replace(cfg, model={"network_params": {"dense": False}}), VOCAB)
+    assert picks_layout(model) and not picks_layout(edge)
+    example = jax.tree.map(np.asarray, _batch([_cluster(5, s) for s in range(3)]))
+    params = init_state(model, jax.random.PRNGKey(0), example).params
+    # the heads start at zero: perturb every parameter so that scores, energies and forces are not
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(5), len(leaves))
+    params = jax.tree.unflatten(tree, [x + 0.2 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+    kw = dict(n_atoms=5, num_samples=6, seed=3, batch_size=4)  # batches of 4 and 2 structures
+    dense = sample_atoms(model, params, **kw)
+    ref = sample_atoms(edge, params, **kw)
+    run = make_sampler(model, config=replace(cfg, sample=dict(batch_size=cfg.sample.batch_size)))
+    # one compiled layout: the last batch (2 rows) runs in the first one's (4 rows)
+    assert isinstance(run, LayoutSampler) and run.layouts == [DenseLayout(5, 4, (0, 0, 0), False)]
+    assert not isinstance(make_sampler(edge), LayoutSampler)
+    assert not isinstance(make_sampler(specialize(model, example)), LayoutSampler)  # keeps its layout
+    assert len(dense) == len(ref) == 6
+    assert max(np.max(np.abs(a.positions)) for a in ref) > 1.0
+    for a, b in zip(dense, ref):
+        assert a.get_chemical_symbols() == b.get_chemical_symbols()
+        assert np.max(np.abs(a.positions - b.positions)) < 1e-4, np.max(np.abs(a.positions - b.positions))
+    # predict_atoms: one dispatcher, dense for these clusters, same energies and forces
+    e_d, f_d = forcefield.predict_arrays(model, params, dense)
+    e_e, f_e = forcefield.predict_arrays(edge, params, dense)
+    assert forcefield._predict_fn(model).layouts
+    np.testing.assert_allclose(e_d, e_e, rtol=1e-5, atol=1e-5)
+    assert max(np.max(np.abs(x)) for x in f_e) > 1e-2
+    for x, y in zip(f_d, f_e):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)

@@ -4,14 +4,15 @@ on the same workload, each side timed in its own process.
     python -m experiments.benchmarks.original_agedi                  # driver (~8 min on 2 cores)
     python -m experiments.benchmarks.original_agedi --rounds 2 --repeats 4 --sample-steps 100
     python -m experiments.benchmarks.original_agedi --report-only    # reprint the JSON
+    python -m experiments.benchmarks.original_agedi --recreation     # also the PyTorch re-creation
 
 The original is never imported by the package nor copied into the repository: it lives in a
 scratch environment outside it (Python ≥ 3.12), whose interpreter is ``--original-python``,
 else ``$AGEDI_ORIGINAL_PYTHON``, else ``../scratch/agedi_orig/.venv/bin/python`` beside the
 checkout. Set it up once, e.g.::
 
-    python3.12 -m venv /work/scratch/agedi_orig/.venv
-    /work/scratch/agedi_orig/.venv/bin/pip install "agedi[full]==1.4" torch==2.13.0
+    python3.12 -m venv ../scratch/agedi_orig/.venv
+    ../scratch/agedi_orig/.venv/bin/pip install "agedi[full]==1.4" torch==2.13.0
 
 When that interpreter is missing or cannot ``import agedi``, the driver says so and exits 0.
 
@@ -44,6 +45,13 @@ intra_op_parallelism_threads=1`` for 1 thread, its default pool (= the 2 pinned 
 thresholds 1 GiB), and XLA's YNNPACK on dot products only. Each process times ``--repeats``
 calls after ``--warmup``; the figure of a side is the median of its rounds' medians
 (``--rounds`` × ``--repeats`` calls in all). Writes ``results/original_agedi.json``.
+
+With ``--recreation`` every round also runs ``torch_reference.py`` (the lean PyTorch
+re-creation of the original's network, the reference of ``run_all.py``) with the scratch
+interpreter's torch, 30 radial basis functions and the same pinning and settings, so that
+both references are timed in one interleaved run (its training step builds the neighbour
+list on the noised positions, about 3.4 k of the 10 k pairs; its sampling step is its EM step
+under ``inference_mode`` at t = 0.05; it has no forward-only figure).
 
 The load average the script records includes its own measured process (about 1 while a
 1-thread side runs, 2 for 2 threads); the figures are flagged preliminary above 0.5. Process
@@ -318,7 +326,7 @@ def run_jax(args) -> dict:
     for k in ("compile_train_s", "compile_step_s"):
         out[k] = round(out[k], 2)
 
-    # forward and sampler on the layout the batch gets (model.specialize: dense for these clusters)
+    # the forward on the layout the batch gets (model.specialize: dense for these clusters)
     smodel = specialize(model, batch)
     out["layout"] = str(smodel.network.layout)
     t = jnp.full((batch.num_graphs,), T_LATE, jnp.float32)
@@ -328,12 +336,10 @@ def run_jax(args) -> dict:
     if args.sample_runs > 0:
         key = jax.random.PRNGKey(1)
         gen, w = jnp.asarray(batch.graph_mask), jnp.float32(1.0)
-        run = make_sampler(smodel, config=replace(cfg, sample={"sampler": "em", "steps": args.sample_steps}))
-        if hasattr(run, "lower"):  # one jitted function
-            run_c = run.lower(params, key, batch, gen, w).compile()
-        else:  # CompiledSampler (start, advance, finish): the whole grid in one advance call
-            def run_c(*a):
-                return run(*a, chunk=run.num_steps)
+        # the package's own sampler: it picks the layout from the template (generate.LayoutSampler)
+        run = make_sampler(model, config=replace(cfg, sample={"sampler": "em", "steps": args.sample_steps}))
+        run_c = run.lower(params, key, batch, gen, w).compile()  # the whole sampler as one program
+        out["sampler_layouts"] = [str(x) for x in getattr(run, "layouts", [])]
         r = timed(lambda: jax.block_until_ready(run_c(params, key, batch, gen, w).positions), args.sample_runs, warmup=1)
         out["compile_sampler_s"] = round(r["first_ms"] / 1e3, 2)  # first call (compile + run; cached across processes)
         final = run_c(params, key, batch, gen, w)
@@ -385,7 +391,39 @@ def child_env(side: str, threads: int) -> dict:
     return env
 
 
+def launch_recreation(threads: int, args, python: Path) -> dict:
+    """One process of ``torch_reference.py`` (the PyTorch re-creation) with the torch of the
+    original's scratch interpreter, the original's 30 radial basis functions, pinned as the
+    other sides; its figures under the driver's keys (``sample_step_ms``: its EM step under
+    ``inference_mode`` at t = 0.05; no forward-only figure)."""
+    cpus = "0" if threads == 1 else ",".join(str(i) for i in range(threads))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.json"
+        cmd = ["taskset", "-c", cpus, str(python), "-I", str(HERE / "torch_reference.py"), "--threads", str(threads),
+               "--n-rbf", str(N_RBF), "--batch", str(N_CLUSTERS), "--repeats", str(args.repeats), "--leak-steps", "2",
+               "--json", str(out)]
+        t0 = time.perf_counter()
+        p = subprocess.run(cmd, cwd=tmp, env=child_env("original", threads), capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - t0
+        if p.returncode != 0 or not out.exists():
+            print(p.stdout[-3000:], p.stderr[-3000:], sep="\n", file=sys.stderr)
+            raise RuntimeError(f"re-creation ({threads} thread(s)) failed with exit code {p.returncode}")
+        ref = json.loads(out.read_text())
+    def load(x):
+        return list(x) if isinstance(x, (list, tuple)) else [x]
+
+    res = {"side": "recreation", "threads": threads, "params": ref["params"], "process_wall_s": round(wall, 1),
+           "taskset": cpus, "load_start": load(ref["load_average_start"]), "load_end": load(ref["load_average_end"]),
+           "edges_train_mean": ref["edges_train_mean"], "edges_sample_step": ref["edges_sample_step"],
+           "sample_500_steps_s_along_t": ref["sample_500_steps_s_along_t"]}
+    for key, src in (("train_step_ms", "train_step_ms"), ("sample_step_ms", "sample_step_nograd_ms")):
+        res[key] = dict(ref[src], repeats=args.repeats)
+    return res
+
+
 def launch(side: str, threads: int, args, python: Path, sample_runs: int) -> dict:
+    if side == "recreation":
+        return launch_recreation(threads, args, python)
     cpus = "0" if threads == 1 else ",".join(str(i) for i in range(threads))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.json"
@@ -466,6 +504,16 @@ def report(res: dict) -> None:
                   f"{a['structures_per_s']:>13.2f} ({a['median_s']:.0f} s) {b['structures_per_s']:>13.2f} ({b['median_s']:.1f} s) "
                   f"{b['structures_per_s'] / a['structures_per_s']:>8.2f}x {a['cpu_s'] / b['cpu_s']:>6.2f}x "
                   f"{ISSUE_TARGETS['sample_500_structures_per_s']:>6}x")
+        rec = s.get("recreation")
+        if rec:
+            for key, name in WORKLOADS:
+                if key in rec and key in j:
+                    a, b = rec[key], j[key]
+                    print(f"{name + ' (re-creation)':34s} {thr:>3d} {a['median']:>22.1f} {b['median']:>22.1f} "
+                          f"{a['median'] / b['median']:>8.2f}x {a['cpu_median'] / b['cpu_median']:>6.2f}x")
+    if any(s.get("recreation") for s in res["summary"].values()):
+        print("(re-creation: experiments/benchmarks/torch_reference.py, 30 RBF, its EM step under inference_mode "
+              "at t = 0.05; its training step builds the neighbour list on the noised positions, fewer edges)")
     if res.get("figures_preliminary"):
         print("(preliminary: the load average exceeded 0.5 during the run)")
 
@@ -512,7 +560,7 @@ def drive(args) -> int:
                  "runs": []}
     for r in range(args.rounds):
         for thr in args.threads:
-            for side in ("original", "jax"):
+            for side in ("original", "jax") + (("recreation",) if args.recreation else ()):
                 sample_runs = (args.original_sample_runs if side == "original" else args.jax_sample_runs) \
                     if r < args.sample_rounds else 0
                 print(f"round {r + 1}/{args.rounds}, {thr} thread(s), {side}: load {_load()} ...", flush=True)
@@ -525,7 +573,8 @@ def drive(args) -> int:
     res["load_end"] = list(os.getloadavg())
     res["wall_s"] = round(time.time() - t_start, 1)
     res["summary"] = {str(thr): {side: summarize([o for o in res["runs"] if o["side"] == side and o["threads"] == thr])
-                                 for side in ("original", "jax")} for thr in args.threads}
+                                 for side in ("original", "jax") + (("recreation",) if args.recreation else ())}
+                      for thr in args.threads}
     first = {side: next(o for o in res["runs"] if o["side"] == side) for side in ("original", "jax")}
     res["versions"] = {side: first[side]["versions"] for side in first}
     res["params"] = {side: first[side]["params"] for side in first}
@@ -543,6 +592,11 @@ def drive(args) -> int:
             res["speedup"][str(thr)]["sample_cpu"] = o["sample_run"]["cpu_s"] / j["sample_run"]["cpu_s"]
         for key, _ in WORKLOADS:
             res["speedup"][str(thr)][key.replace("_ms", "_cpu")] = o[key]["cpu_median"] / j[key]["cpu_median"]
+        rec = res["summary"][str(thr)].get("recreation")
+        if rec:
+            res["speedup_vs_recreation"] = res.get("speedup_vs_recreation", {})
+            res["speedup_vs_recreation"][str(thr)] = {key: rec[key]["median"] / j[key]["median"] for key in rec
+                                                      if key in j and key.endswith("_ms")}
     loads = [res["load_start"][0], res["load_end"][0]] + [o["load_start"][0] for o in res["runs"]]
     res["load_max_1min"] = max(loads)
     res["figures_preliminary"] = max(loads) > 0.5
@@ -568,6 +622,8 @@ def main(argv=None) -> int:
     p.add_argument("--jax-sample-runs", type=int, default=3, help="full sampling runs per jax process (driver)")
     p.add_argument("--network-score", action="store_true",
                    help="original: sample with the untrained network's own score (no cluster override)")
+    p.add_argument("--recreation", action="store_true",
+                   help="driver: also time the PyTorch re-creation (torch_reference.py, with the original's interpreter)")
     p.add_argument("--original-python", help="interpreter of the original's scratch env ($AGEDI_ORIGINAL_PYTHON)")
     p.add_argument("--out", help="side runs: write the figures here (JSON)")
     p.add_argument("--json", help="driver: results file (default results/original_agedi.json)")

@@ -8,7 +8,8 @@ and memory bandwidth (the roofline position).
 
 Workload: the model of ``original_agedi.py`` (the run_all benchmark PaiNN, 64 features × 3
 interactions, 30 radial basis functions, cutoff 6 Å; positions only unless ``--types``) on the
-exact padding of 64 Pt13 clusters (833 atom, 9,985 edge slots).
+exact padding of 64 Pt13 clusters (833 atom, 9,985 edge slots), on the layout the model picks for
+that batch (the dense per-structure layout, `agedi_jax.model.specialize`).
 
 * ``compiled.cost_analysis()``: FLOPs, transcendentals and bytes accessed of the step;
 * HLO census: every instruction of the optimised module (``compiled.as_text()``), fusions
@@ -269,7 +270,7 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
 
-    from agedi_jax.model import init_state, make_train_step
+    from agedi_jax.model import dense_layout, init_state, make_train_step, specialize
     from experiments.benchmarks import run_all
     from experiments.benchmarks.original_agedi import N_CLUSTERS, T_LATE, jax_model
 
@@ -280,6 +281,7 @@ def main(argv=None) -> int:
     batch = run_all.exact_batch(run_all.pt13_atoms(N_CLUSTERS), vocab)
     state = init_state(model, jax.random.PRNGKey(0), batch)
     res["params"] = int(sum(x.size for x in jax.tree.leaves(state.params)))
+    res["layout"] = dense_layout(model, batch)[1]
     key = jax.random.PRNGKey(1)
     t0 = time.perf_counter()
     if args.workload == "train":
@@ -293,7 +295,8 @@ def main(argv=None) -> int:
     else:
         late = run_all.near_data_state(model, batch, T_LATE)
         t = jnp.full((batch.num_graphs,), T_LATE, jnp.float32)
-        compiled = jax.jit(lambda p, b, t: model.apply(p, b, t)).lower(state.params, late, t).compile()
+        smodel = specialize(model, batch)  # the layout the train step and the sampler pick for this batch
+        compiled = jax.jit(lambda p, b, t: smodel.apply(p, b, t)).lower(state.params, late, t).compile()
 
         def call():
             jax.block_until_ready(compiled(state.params, late, t))
@@ -339,7 +342,8 @@ def main(argv=None) -> int:
 def report(res: dict) -> None:
     ca, pr, m, rf = res["cost_analysis"], res["profile"], res["machine"], res["roofline"]
     print(f"\n=== {res['workload']} step of agedi_jax PaiNN ({res['params']:,} parameters), 64 x Pt13, "
-          f"{res['threads']} thread(s); load {res['load_start'][0]:.2f} -> {res['load_end'][0]:.2f} ===")
+          f"{res['threads']} thread(s), layout: {res.get('layout')}; load {res['load_start'][0]:.2f} -> "
+          f"{res['load_end'][0]:.2f} ===")
     print(f"step: {res['step_ms']['median']:.1f} ms median (cpu {res['step_ms']['cpu_median']:.1f} ms); traced "
           f"{pr['wall_ms_per_call_traced']:.1f} ms/call, op time {pr['op_ms_per_call']:.1f} ms/call (summed over threads)")
     print(f"XLA cost analysis: {ca.get('flops', 0) / 1e9:.2f} GFLOP, {ca.get('bytes accessed', 0) / 1e6:.0f} MB accessed, "

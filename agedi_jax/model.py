@@ -314,7 +314,8 @@ class _PerLayout:
         layout, _ = dense_layout(self.model, batch)
         if layout is not None and layout not in self.layouts:
             for known in self.layouts:
-                fits = (known.atoms >= layout.atoms and known.graphs >= layout.graphs
+                # rows: enough for the batch's structures, but no more than its graph slots
+                fits = (known.atoms >= layout.atoms and layout.graphs <= known.graphs <= batch.num_graphs
                         and all(a >= b for a, b in zip(known.images, layout.images))
                         and (known.periodic or not layout.periodic)
                         and (self.reuse_ratio is None

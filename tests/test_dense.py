@@ -306,6 +306,11 @@ def test_sample_atoms_dense_equals_edge_path(tiny_config):
     assert not isinstance(make_sampler(edge), LayoutSampler)
     assert not isinstance(make_sampler(specialize(model, example)), LayoutSampler)  # keeps its layout
     assert len(dense) == len(ref) == 6
+    # a later request with fewer graph slots than the compiled layout's rows gets its own
+    # layout (reusing the 4-row one crashed: rows beyond the batch's graph slots)
+    one = sample_atoms(model, params, n_atoms=5, num_samples=1, seed=4)
+    one_ref = sample_atoms(edge, params, n_atoms=5, num_samples=1, seed=4)
+    assert np.max(np.abs(one[0].positions - one_ref[0].positions)) < 1e-4
     assert max(np.max(np.abs(a.positions)) for a in ref) > 1.0
     for a, b in zip(dense, ref):
         assert a.get_chemical_symbols() == b.get_chemical_symbols()

@@ -175,6 +175,7 @@ def encode_structures(
     z_window: Any = None,
     z_window_relative: bool = True,
     check_window: bool = True,
+    image_cells: Sequence[Any] | None = None,
 ) -> list[EncodedStructure]:
     """Validate and encode structures (with their edge templates) for :func:`collate`.
 
@@ -191,6 +192,10 @@ def encode_structures(
     data; templates whose free atoms the prior replaces may skip it). Bad windows raise
     :class:`StructureError` naming the structure
     (:func:`agedi_jax.surfaces.resolve_z_window`).
+
+    ``image_cells``: per structure, the cell ``[3, 3]`` (Å) whose image range the edge
+    template covers instead of the structure's own (None entries: its own) — for cells that
+    move while diffusing (:func:`agedi_jax.lattice.template_cell`).
     """
     if len(atoms_list) == 0:
         raise StructureError("empty list of structures: nothing to batch")
@@ -206,6 +211,8 @@ def encode_structures(
         raise ValueError(f"{len(labels)} labels for {len(atoms_list)} structures")
     if fixed is not None and len(fixed) != len(atoms_list):
         raise ValueError(f"{len(fixed)} fixed masks for {len(atoms_list)} structures")
+    if image_cells is not None and len(image_cells) != len(atoms_list):
+        raise ValueError(f"{len(image_cells)} image cells for {len(atoms_list)} structures")
 
     found = [atoms_labels(a) for a in atoms_list] if read_labels else [(None, None)] * len(atoms_list)
     windows = _window_list(z_window, len(atoms_list))
@@ -232,7 +239,8 @@ def encode_structures(
             types = np.where(f, types, MASK).astype(np.int32)
         cell = np.asarray(atoms.cell, np.float64).copy()
         pbc = np.asarray(atoms.pbc, bool).copy()
-        snd, rcv, shf = edge_template(na, cell, pbc, cutoff)
+        image_cell = cell if image_cells is None or image_cells[k] is None else np.asarray(image_cells[k], np.float64)
+        snd, rcv, shf = edge_template(na, image_cell, pbc, cutoff)
         window = None
         spec = windows[k]
         if spec is not None and not (isinstance(spec, str) and spec.strip().lower() in ("", "none", "off")):

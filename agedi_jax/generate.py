@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from agedi_jax import lattice as lattice_lib
 from agedi_jax import samplers
 from agedi_jax.batch import (
     AtomsBatch,
@@ -70,6 +71,18 @@ def _as_list(x, n: int | None = None) -> list:
     if isinstance(x, (str, int, np.integer)) or hasattr(x, "get_chemical_symbols"):
         return [x]
     return list(x)
+
+
+def _blank(model: DiffusionModel, atoms: Any) -> Any:
+    """A copy of ``atoms`` as a sampling template: for a model of the cell
+    (``process.lattice``) a bulk cell ``ℓ_N I`` (the prior's centre; the sampler draws the
+    cell and the fractional positions), else as it is."""
+    atoms = atoms.copy()
+    if model.lattice is not None:
+        n = max(len(atoms), 1)
+        atoms.set_cell(np.eye(3) * model.lattice.scale * n ** (1.0 / 3.0))
+        atoms.pbc = True
+    return atoms
 
 
 def make_templates(
@@ -112,7 +125,7 @@ def make_templates(
                 raise StructureError(
                     f"{n} atoms is more than the model's configured maximum of {max_atoms} atoms per structure"
                 )
-            out += [Atoms([placeholder] * n, positions=np.zeros((n, 3))) for _ in range(reps)]
+            out += [_blank(model, Atoms([placeholder] * n, positions=np.zeros((n, 3)))) for _ in range(reps)]
             gen += [True] * reps
     elif formulas:
         reps = model.config.sample.batch_size if num_samples is None else int(num_samples)
@@ -121,11 +134,14 @@ def make_templates(
                 atoms = Atoms(f)
             except Exception:
                 raise ValueError(f"composition {f!r} is not a chemical formula") from None
-            out += [atoms.copy() for _ in range(reps)]
+            out += [_blank(model, atoms) for _ in range(reps)]
             gen += [False] * reps
     else:
         reps = 1 if num_samples is None else int(num_samples)
-        for a in tmpl:
+        for k, a in enumerate(tmpl):
+            if model.lattice is not None and not np.all(a.pbc):
+                raise StructureError(f"template {k}: a model of the cell (process.lattice) needs bulk templates "
+                                     f"(pbc T, T, T), got pbc {tuple(bool(p) for p in a.pbc)}")
             out += [a.copy() for _ in range(reps)]
             gen += [bool(generate_types) and model.config.model.types] * reps
     if generate_types is not None and not tmpl:
@@ -274,16 +290,23 @@ def make_sampler(
 
 
 def _build_sampler(model: DiffusionModel, guided: bool, interpolate, cfg: Config, mesh: Any) -> CompiledSampler:
-    step = samplers.make_step(model.sde, model.process, cfg.sample)
+    step = samplers.make_step(model.sde, model.process, cfg.sample, lattice=model.lattice,
+                              y_max=cfg.process.lattice_y_max)
     grid = samplers.time_grid(cfg.sample.steps, cfg.process.t_eps, cfg.sample.grid)
-    final = samplers.finalize(model.sde if cfg.sample.denoise else None, resolve_types=model.process is not None)
+    denoise = cfg.sample.denoise and model.lattice is None  # Tweedie's step is Cartesian
+    final = samplers.finalize(model.sde if denoise else None, resolve_types=model.process is not None)
 
     def score(params, w):
         # (score function, step): interpolation, classifier-free and force-field guidance
         return model.sampling_fns(params, cfg, interpolate=interpolate, guided=guided, w=w)
 
     def start(params, key, template: AtomsBatch, generate_types: jax.Array, w: jax.Array) -> AtomsBatch:
-        state = samplers.prior_state(jax.random.fold_in(key, 0), template, model.sde, mask_types=False)
+        if model.lattice is None:
+            state = samplers.prior_state(jax.random.fold_in(key, 0), template, model.sde, mask_types=False)
+        else:  # cell from the density-scaled prior, fractional positions uniform
+            state = samplers.prior_state(jax.random.fold_in(key, 0), template, None, mask_types=False)
+            state = lattice_lib.crystal_prior_sample(jax.random.fold_in(key, 0), model.lattice, state,
+                                                     cfg.process.lattice_y_max)
         free = jnp.asarray(state.node_mask) & ~jnp.asarray(state.fixed)
         types = jnp.where(free & generate_types[state.graph_index], MASK, state.types)
         return samplers.sample_start(state._replace(types=types.astype(state.types.dtype)), step)
@@ -637,6 +660,8 @@ def prepare_request(
         raise ValueError("give formula or compositions, not both")
     tmpl = _as_list(templates)
     adding = bool(tmpl) and bool(formulas or _as_list(compositions) or _as_list(n_atoms))
+    if adding and model.lattice is not None:
+        raise ValueError("adding atoms to templates is not available for a model of the cell (process.lattice)")
     origins = fixed = None
     if adding:
         structures, gen, fixed, origins, abs_windows = _added_atoms(
@@ -682,9 +707,14 @@ def prepare_request(
         interp = (model.vocab.index(names[0]), model.vocab.index(names[1]))
         gen = [True] * n
     windowed = any(x is not None for x in abs_windows)
+    image_cells = None
+    if model.lattice is not None:  # templates hold every image the moving cell can need
+        image_cells = [lattice_lib.template_cell(model.lattice.scale, len(a), a.pbc, cfg.process.lattice_y_max)
+                       for a in structures]
     encoded = encode_structures(
         structures, model.vocab, cfg.model.cutoff, labels=net_labels, max_atoms=cfg.data.max_atoms, fixed=fixed,
         z_window=abs_windows if windowed else None, z_window_relative=False, check_window=False,
+        image_cells=image_cells,
     )
     if windowed:  # exact: pairs of fixed atoms beyond the cutoff never enter the network (nor EMT)
         from agedi_jax.surfaces import prune_fixed_pairs

@@ -89,8 +89,18 @@ Layers (pbc T, T, F) assume the package's convention for 2D materials: ``a`` and
 in the xy plane, ``c`` along z (a block-diagonal cell); the polar factors are then
 block-diagonal too, and only the 2×2 in-plane block diffuses.
 
-Everything is a pure, jittable function of arrays except :func:`fit_lattice` and
-:func:`reduce_cell` (host, ASE). :class:`LatticeSDE` is a frozen NamedTuple of Python
+**Wiring** (``process.lattice``): training noises the cell first
+(:func:`noise_cell`, then :func:`floor_cells`), then the fractional coordinates with
+``σ_f = σ(t)/ℓ_N`` of the VE position SDE (:func:`noise_fractional`); the network's
+Cartesian position output is read as ``ε̂_f = ε̂_x S/ℓ_N`` (:func:`eps_to_fractional`)
+and its lattice output plus the Gaussian skip :func:`gaussian_cell_eps` as ``ε̂_L``.
+Sampling starts from :func:`crystal_prior_sample` and steps cell, fractional positions
+and types together (:class:`agedi_jax.samplers.LatticeJoint`). Edge templates are built
+for the cell ``ℓ_N e^{−y_max} I`` (:func:`template_cell`), which covers every cell whose
+eigenvalues :func:`floor_cells` keeps above that bound.
+
+Everything is a pure, jittable function of arrays except :func:`fit_lattice`,
+:func:`reduce_cell` and :func:`template_cell` (host). :class:`LatticeSDE` is a frozen NamedTuple of Python
 numbers registered as a static pytree, like the position SDEs.
 """
 
@@ -105,7 +115,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from agedi_jax.batch import AtomsBatch
-from agedi_jax.geometry import inv3, safe_cell
+from agedi_jax.geometry import free_atoms, inv3, safe_cell
+from agedi_jax.keys import atom_keys, atom_normal
 from agedi_jax.sde import SDES, VPLinearSchedule, wrapped_normal_score
 
 Array = jax.Array
@@ -146,6 +157,16 @@ __all__ = [
     "canonicalize",
     "noise_cell",
     "cell_prior_sample",
+    "kernel_std",
+    "cell_floor",
+    "Y_CAP",
+    "floor_cells",
+    "template_cell",
+    "gaussian_cell_eps",
+    "noise_fractional",
+    "eps_to_fractional",
+    "uniform_fractional",
+    "crystal_prior_sample",
     "LatticeFit",
     "reduce_cell",
     "fit_lattice",
@@ -621,6 +642,153 @@ def cell_prior_sample(key: Array, sde: LatticeSDE, batch: AtomsBatch) -> AtomsBa
     mask = graph_lattice_mask(batch)
     cell = prior_cell(key, sde, batch.n_node, mask, canon.cell)
     return with_cell(canon, cell)
+
+
+def kernel_std(sde: LatticeSDE, t: Any, n_atoms: Any, mask: Any) -> Array:
+    """Kernel standard deviation ``σ_∞ sqrt(1 − e^{−α(t)})`` ``[...]`` per orthonormal
+    lattice coordinate (:func:`marginal`'s ``std``) without a ``Y_0``."""
+    sde.validate()
+    t = jnp.asarray(t, jnp.result_type(float))
+    alpha = sde.schedule.alpha(t)
+    return stationary_std(sde, n_atoms, mask).astype(t.dtype) * jnp.sqrt(-jnp.expm1(-alpha))
+
+
+def cell_floor(sde: LatticeSDE, n_atoms: Any, mask: Any, y_max: float) -> Array:
+    """``ℓ_N e^{−y_max}`` (Å) ``[...]``: the smallest eigenvalue a cell may have while
+    diffusing (:func:`spd_floor`), so that an edge template built for it
+    (:func:`template_cell`) always holds every periodic image within the cutoff."""
+    return length_scale(sde, n_atoms, mask) * float(np.exp(-y_max))
+
+
+Y_CAP = 3.0
+"""Largest eigenvalue of a diffusing cell's log coordinates: ``S ≤ ℓ_N e^{Y_CAP}`` (≈ 20
+ℓ_N), a bound no crystal of the data comes near (its largest is ≈ +1); it only keeps a
+badly trained or coarsely stepped sampler finite (:func:`floor_cells`)."""
+
+
+def floor_cells(sde: LatticeSDE, batch: AtomsBatch, y_max: float) -> AtomsBatch:
+    """The batch with the eigenvalues of every periodic cell (a symmetric ``S``, canonical
+    frame) clamped into ``[ℓ_N e^{−y_max}, ℓ_N e^{Y_CAP}]`` (the floor is
+    :func:`cell_floor`), atoms kept at their fractional coordinates (:func:`with_cell`).
+    Cells inside the bounds are returned bitwise unchanged."""
+    mask = graph_lattice_mask(batch)
+    s = jnp.asarray(batch.cell, jnp.asarray(batch.positions).dtype)
+    floor = cell_floor(sde, batch.n_node, mask, y_max).astype(s.dtype)
+    cap = length_scale(sde, batch.n_node, mask).astype(s.dtype) * float(np.exp(Y_CAP))
+    eye = jnp.eye(3, dtype=s.dtype)
+    w = jnp.linalg.eigvalsh(jnp.where(mask, s, eye))
+    bad = jnp.any(mask, (-1, -2)) & ((jnp.min(w, -1) < floor) | (jnp.max(w, -1) > cap))
+    clamped = _sym_fn(jnp.where(mask, s, eye), lambda v: jnp.clip(v, floor[..., None], cap[..., None]))
+    fixed = jnp.where(bad[:, None, None], jnp.where(mask, clamped, s), s)
+    return with_cell(batch, fixed)
+
+
+def gaussian_cell_eps(sde: LatticeSDE, batch: AtomsBatch, t: Any) -> Array:
+    """The exact lattice ε-prediction ``[g, 3, 3]`` for Gaussian data with the prior's
+    own mean and spread, ``E[ε | Y_t] = std (Y_t − μ)/σ_∞²`` (data ``Y_0 ~ N(μ, σ_∞²)``:
+    the fitted σ is the data's RMS, so ``Y_t`` has variance σ_∞² at every t), added to the
+    lattice head's output as a skip connection (EDM-style preconditioning, as
+    :func:`agedi_jax.scores.gaussian_skip` for positions): the head learns the residual,
+    and the cell score is the prior's at high noise.
+
+    ``Y_t`` is read from the right polar factor ``(Lᵀ L)^{1/2}`` of each cell, the lattice
+    tensor in the frame of the positions (``S`` itself in the canonical frame), so the
+    output rotates with the crystal. 0 on fixed entries and graphs without periodic axes.
+    ``t`` ``[g]`` or scalar."""
+    dtype = jnp.asarray(batch.positions).dtype
+    cell, _ = safe_cell(batch, dtype)
+    mask = graph_lattice_mask(batch)
+    per = jnp.any(mask, (-1, -2))
+    s, r = polar_decomposition(jnp.where(per[:, None, None], cell, jnp.eye(3, dtype=dtype)))
+    s_right = sym(jnp.swapaxes(r, -1, -2) @ s @ r)
+    n = batch.n_node
+    y = cell_to_coords(sde, s_right, n, mask)
+    std = kernel_std(sde, _graph_times(batch, t, dtype), n, mask).astype(dtype)
+    sd = stationary_std(sde, n, mask).astype(dtype)
+    coef = jnp.where(sd > 0, std / jnp.where(sd > 0, sd * sd, 1.0), 0.0)
+    mu = limit_mean(sde, n, mask).astype(dtype)
+    return jnp.where(mask, coef[:, None, None] * (y - mu), 0.0)
+
+
+def template_cell(scale: float, n_atoms: int, pbc: Any, y_max: float) -> np.ndarray:
+    """Host: the cell ``d_min I`` (Å) ``[3, 3]`` whose image range
+    (:func:`agedi_jax.edges.image_range`) covers every cell with smallest eigenvalue
+    ``≥ d_min = ℓ_N e^{−y_max}`` — every interplanar spacing of a symmetric cell is at
+    least its smallest eigenvalue. Build edge templates of diffusing cells with it."""
+    pbc = np.asarray(pbc, bool)
+    k = max(int(pbc.sum()), 1)
+    d_min = float(scale) * max(int(n_atoms), 1) ** (1.0 / k) * float(np.exp(-y_max))
+    return np.eye(3) * d_min
+
+
+def _graph_length(sde: LatticeSDE, batch: AtomsBatch, dtype: Any) -> Array:
+    """``ℓ_N`` ``[g]`` (1 for graphs without periodic axes)."""
+    ls = length_scale(sde, batch.n_node, graph_lattice_mask(batch)).astype(dtype)
+    return jnp.where(ls > 0, ls, 1.0)
+
+
+def noise_fractional(key: Array, pos_sde: Any, sde: LatticeSDE, batch: AtomsBatch, t: Any) -> tuple[AtomsBatch, Array, Array]:
+    """Noise the fractional coordinates of the free atoms on the torus at the batch's
+    (already noised) cells: ``f_t = wrap(f_0 + σ_f ε)`` with the fractional standard
+    deviation ``σ_f = σ(t)/ℓ_N`` (``σ(t)`` of the VE position SDE in Å, ``ℓ_N`` of the
+    lattice process), positions ``x_t = f_t S``.
+
+    Returns:
+      ``(batch_t, eps [n, 3], std_f [n])``: the ε-target ``−σ_f ·`` the wrapped-normal
+      score on the unit torus (:func:`fractional_wrapped_normal_score`; 0 on fixed and
+      padding atoms) and ``σ_f`` per atom (dimensionless).
+    """
+    x = jnp.asarray(batch.positions)
+    dtype = x.dtype
+    gi = batch.graph_index
+    t_atom = _graph_times(batch, t, dtype)[gi]
+    std_f = pos_sde.std(t_atom) / _graph_length(sde, batch, dtype)[gi]
+    free = free_atoms(batch)
+    eps = jnp.where(free[:, None], atom_normal(key, batch, dtype), 0.0)
+    d = std_f[:, None] * eps
+    pbc = jnp.asarray(batch.pbc, bool)[gi]
+    f0 = batch_fractional(batch)
+    f_t = jnp.where(free[:, None], wrap_frac(f0 + d, pbc), f0)
+    cell = jnp.asarray(batch.cell, dtype)[gi]
+    x_t = jnp.where(jnp.asarray(batch.node_mask, bool)[:, None], frac_to_cart(f_t, cell), x)
+    ws = jax.lax.stop_gradient(fractional_wrapped_normal_score(d, std_f, pbc))
+    target = jnp.where(free[:, None], -std_f[:, None] * ws, 0.0)
+    return batch._replace(positions=x_t), target, std_f
+
+
+def eps_to_fractional(eps_x: Any, batch: AtomsBatch, sde: LatticeSDE) -> Array:
+    """A network's Cartesian noise prediction ``ε̂_x`` ``[n, 3]`` (dimensionless, score
+    ``−ε̂_x/σ``) as the fractional one ``ε̂_f = ε̂_x S/ℓ_N`` (score ``−ε̂_f/σ_f``, ``σ_f =
+    σ/ℓ_N``): the Cartesian score ``s_x`` is the fractional ``s_f = s_x Sᵀ``
+    (:func:`frac_score`) on the batch's cells ``S``."""
+    eps_x = jnp.asarray(eps_x)
+    gi = batch.graph_index
+    ls = _graph_length(sde, batch, eps_x.dtype)[gi]
+    return frac_score(eps_x, jnp.asarray(batch.cell, eps_x.dtype)[gi]) / ls[:, None]
+
+
+def uniform_fractional(key: Array, batch: AtomsBatch) -> AtomsBatch:
+    """Free atoms of periodic graphs placed uniformly on the torus (fractional coordinates
+    ``U[0, 1)`` along periodic axes, keyed per atom by graph slot and index,
+    :func:`agedi_jax.keys.atom_keys`); other atoms and padding unchanged."""
+    x = jnp.asarray(batch.positions)
+    dtype = x.dtype
+    u = jax.vmap(lambda k: jax.random.uniform(k, (3,), dtype))(atom_keys(key, batch))
+    gi = batch.graph_index
+    pbc = jnp.asarray(batch.pbc, bool)[gi]
+    f = jnp.where(pbc, u, batch_fractional(batch))
+    move = free_atoms(batch) & jnp.any(pbc, -1)
+    new = jnp.where(move[:, None], frac_to_cart(f, jnp.asarray(batch.cell, dtype)[gi]), x)
+    return batch._replace(positions=new)
+
+
+def crystal_prior_sample(key: Array, sde: LatticeSDE, batch: AtomsBatch, y_max: float) -> AtomsBatch:
+    """The sampler's prior: cells from :func:`cell_prior_sample` (floored,
+    :func:`floor_cells`), then fractional positions uniform on the torus
+    (:func:`uniform_fractional`); keys ``fold_in(key, 0 / 1)``."""
+    state = cell_prior_sample(jax.random.fold_in(key, 0), sde, batch)
+    state = floor_cells(sde, state, y_max)
+    return uniform_fractional(jax.random.fold_in(key, 1), state)
 
 
 # --------------------------------------------------------------------------------------

@@ -25,6 +25,15 @@ projected onto the zero-centre-of-mass subspace.
 **The network** is ``apply_fn(params, noisy_batch, t[g], label[g]) -> Scores(positions=[n,3]
 raw output | None, types=[n,K] log concrete scores | None)``; a head not in use may be None.
 
+**Bulk crystals** (``lattice``, :mod:`agedi_jax.lattice`): per graph time ``t`` the cell
+is noised first (:func:`agedi_jax.lattice.noise_cell`, canonical frame, eigenvalues kept
+above the template's floor), then the fractional coordinates on the torus
+(:func:`agedi_jax.lattice.noise_fractional`); the position term compares the network's
+Cartesian output, read as a fractional noise prediction
+(:func:`agedi_jax.lattice.eps_to_fractional`), with the fractional wrapped-normal target,
+and ``λ_L`` times the mean over periodic graphs of ``‖ε̂_L − ε_L‖²_F`` (the masked
+entries of the lattice-coordinate noise) is added.
+
 **A learned force field** (``energy_fn``, :mod:`agedi_jax.forcefield`) adds
 ``λ_E L_E + λ_F L_F`` on the clean batch's energy and force labels.
 """
@@ -39,6 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from agedi_jax import discrete
+from agedi_jax import lattice as lattice_lib
 from agedi_jax.batch import AtomsBatch
 from agedi_jax.geometry import free_atoms
 from agedi_jax.keys import atom_keys, graph_beta, graph_uniform
@@ -51,6 +61,7 @@ ApplyFn = Callable[..., Scores]
 __all__ = [
     "LossConfig",
     "dsm_loss",
+    "lattice_loss",
     "score_entropy_loss",
     "joint_loss",
 ]
@@ -82,6 +93,11 @@ class LossConfig:
       lambda_energy, lambda_forces: weights of the force-field terms (used when
         :func:`joint_loss` is given an ``energy_fn``).
       energy_scale: eV; the force-field errors are divided by it (per atom / per Å).
+      lattice: :class:`~agedi_jax.lattice.LatticeSDE` to diffuse the cell too (bulk
+        crystals; needs a periodic position SDE, VE), or None (the cell is fixed).
+      lambda_lattice: weight λ_L of the lattice term.
+      lattice_y_max: eigenvalue floor ``ℓ_N e^{−y_max}`` of the noised cells
+        (:func:`agedi_jax.lattice.floor_cells`).
     """
 
     sde: Optional[SDE] = VESDE()
@@ -97,6 +113,9 @@ class LossConfig:
     lambda_energy: float = 0.0
     lambda_forces: float = 0.0
     energy_scale: float = 1.0
+    lattice: Optional[lattice_lib.LatticeSDE] = None
+    lambda_lattice: float = 1.0
+    lattice_y_max: float = 1.0
 
     def __post_init__(self) -> None:
         if self.sde is None and self.process is None:
@@ -123,6 +142,14 @@ class LossConfig:
             raise ValueError("LossConfig: lambda_energy and lambda_forces must be >= 0")
         if not self.energy_scale > 0:
             raise ValueError(f"LossConfig.energy_scale must be > 0 eV, got {self.energy_scale}")
+        if self.lattice is not None:
+            if not isinstance(self.lattice, lattice_lib.LatticeSDE):
+                raise TypeError(f"LossConfig.lattice must be a LatticeSDE, got {type(self.lattice).__name__}")
+            self.lattice.validate()
+            if self.sde is None or not getattr(self.sde, "periodic", False):
+                raise ValueError("LossConfig.lattice needs a periodic position SDE (VESDE) for the fractional coordinates")
+            if self.lambda_lattice < 0 or not self.lattice_y_max > 0:
+                raise ValueError("LossConfig: lambda_lattice must be >= 0 and lattice_y_max > 0")
 
 
 # --------------------------------------------------------------------------------------
@@ -166,6 +193,25 @@ def score_entropy_loss(log_score, z0, zt, sigma_bar, rate, mask) -> Array:
     per_atom = discrete.score_entropy(log_score, z0, zt, sigma_bar, rate)
     chex.assert_shape(mask, per_atom.shape)
     return _masked_mean(per_atom, mask)
+
+
+def lattice_loss(eps_pred, eps, mask) -> Array:
+    """Denoising score matching of the cell in lattice coordinates: the mean over graphs
+    with a periodic axis of ``‖ε̂_L − ε_L‖²_F`` on their masked entries.
+
+    Args:
+      eps_pred: ``[g, 3, 3]`` predicted noise (network's symmetric lattice output).
+      eps: ``[g, 3, 3]`` target (:func:`agedi_jax.lattice.noise_cell`).
+      mask: ``[g, 3, 3]`` bool :func:`agedi_jax.lattice.graph_lattice_mask`.
+    Returns:
+      scalar loss.
+    """
+    eps_pred, eps = jnp.asarray(eps_pred), jnp.asarray(eps)
+    chex.assert_equal_shape([eps_pred, eps])
+    chex.assert_shape(eps, (None, 3, 3))
+    mask = jnp.asarray(mask, bool)
+    per_graph = jnp.sum(jnp.where(mask, (eps_pred - eps) ** 2, 0.0), axis=(-1, -2))
+    return _masked_mean(per_graph, jnp.any(mask, axis=(-1, -2)))
 
 
 def _weight(config: LossConfig, t_atom: Array, std: Array) -> Array | None:
@@ -231,7 +277,12 @@ def joint_loss(
     noisy = batch._replace(label=label)
     counted = free_atoms(batch)
 
-    if config.sde is not None:
+    if config.lattice is not None:
+        noisy, eps_cell, std_cell = lattice_lib.noise_cell(jax.random.fold_in(key, 5), config.lattice, noisy, t)
+        noisy = lattice_lib.floor_cells(config.lattice, noisy, config.lattice_y_max)
+        noisy, eps, std_f = lattice_lib.noise_fractional(k_pos, config.sde, config.lattice, noisy, t)
+        std = config.sde.std(t[gi])  # Cartesian σ(t): the network's output scale
+    elif config.sde is not None:
         noisy, eps, std = noise_positions(k_pos, config.sde, noisy, t)
     if config.process is not None:
         z0 = jnp.asarray(batch.types)
@@ -251,6 +302,8 @@ def joint_loss(
         if out.positions is None:
             raise ValueError("joint_loss: the network returned no position output but the config has an SDE")
         eps_pred = output_to_eps(out.positions, std, config.parametrization)
+        if config.lattice is not None:
+            eps_pred = lattice_lib.eps_to_fractional(eps_pred, noisy, config.lattice)
         loss_r = dsm_loss(eps_pred, eps, counted, _weight(config, t[gi], std))
     if config.process is not None:
         if out.types is None:
@@ -261,6 +314,12 @@ def joint_loss(
         )
     loss = config.lambda_positions * loss_r + config.lambda_types * loss_z
     metrics = {"loss_positions": loss_r, "loss_types": loss_z}
+    if config.lattice is not None:
+        if out.cell is None:
+            raise ValueError("joint_loss: the network returned no cell output but the config has a lattice process")
+        loss_l = lattice_loss(out.cell, eps_cell, lattice_lib.graph_lattice_mask(batch))
+        loss = loss + config.lambda_lattice * loss_l
+        metrics["loss_lattice"] = loss_l
     if energy_fn is not None:
         from agedi_jax.forcefield import energy_force_terms
 

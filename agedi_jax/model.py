@@ -37,7 +37,7 @@ from agedi_jax.config import Config, sde_params, type_schedule_params
 from agedi_jax.nn import make_network, network_fields
 from agedi_jax.nn.dense import DenseLayout, layout_reason
 from agedi_jax.runtime import tune_malloc
-from agedi_jax.scores import Scores, gaussian_skip, make_score_fn, mean_log_score
+from agedi_jax.scores import Scores, gaussian_skip, make_score_fn, mean_log_score, output_to_score
 from agedi_jax.vocab import TypeVocab
 
 Array = jax.Array
@@ -64,6 +64,7 @@ class DiffusionModel(NamedTuple):
     process: Any
     loss_config: losses.LossConfig
     energy_network: Any = None
+    lattice: Any = None
 
     @property
     def num_types(self) -> int:
@@ -89,8 +90,10 @@ class DiffusionModel(NamedTuple):
         return forcefield.model_energy_and_forces(self, params, batch)
 
     def apply(self, params: Any, batch: AtomsBatch, t: Array, label: Array | None = None, **kwargs) -> Scores:
-        """Raw network outputs (position output per the parametrisation, type log-scores).
-        Labels are ignored by an unconditional model (``model.num_labels == 0``)."""
+        """Raw network outputs (position output per the parametrisation, type log-scores;
+        with a lattice the cell's ε-prediction, the head's output plus the Gaussian skip
+        :func:`agedi_jax.lattice.gaussian_cell_eps`). Labels are ignored by an
+        unconditional model (``model.num_labels == 0``)."""
         if self.config.model.num_labels == 0:
             label = None
         out = self.network.apply(self.score_params(params), batch, t, label, **kwargs)
@@ -100,11 +103,36 @@ class DiffusionModel(NamedTuple):
             out = out._replace(positions=out.positions + skip)
         if out.types is not None and p.type_parametrization == "mean":
             out = out._replace(types=mean_log_score(self.process, batch, t, out.types))
+        if out.cell is not None and self.lattice is not None:
+            from agedi_jax.lattice import gaussian_cell_eps
+
+            out = out._replace(cell=out.cell + gaussian_cell_eps(self.lattice, batch, t))
         return out
 
     def score_fn(self, params: Any) -> Callable[..., Scores]:
-        """Sampler score function (position score in Å⁻¹, type log-scores)."""
-        return make_score_fn(self.apply, params, self.sde, self.config.process.parametrization)
+        """Sampler score function (position score in Å⁻¹, type log-scores; with a lattice
+        the lattice score ``−ε̂_L/std_L`` in lattice coordinates)."""
+        if self.lattice is None:
+            return make_score_fn(self.apply, params, self.sde, self.config.process.parametrization)
+        from agedi_jax import lattice as lattice_lib
+
+        lsde, apply = self.lattice, self.apply
+
+        def score_fn(state: AtomsBatch, t, key, type_weights=None) -> Scores:
+            kwargs = {} if type_weights is None else {"type_weights": type_weights}
+            out = apply(params, state, t, state.label, **kwargs)
+            pos = out.positions
+            if pos is not None:
+                std = self.sde.std(jnp.asarray(t)[state.graph_index])
+                pos = output_to_score(pos, std, self.config.process.parametrization)
+            cell = None
+            if out.cell is not None:
+                mask = lattice_lib.graph_lattice_mask(state)
+                std_l = lattice_lib.kernel_std(lsde, jnp.asarray(t), state.n_node, mask)
+                cell = lattice_lib.eps_to_cell_score(out.cell, std_l)
+            return Scores(positions=pos, types=out.types, cell=cell)
+
+        return score_fn
 
     def guidance_energy_fn(self, params: Any, config: Config | None = None) -> Callable[[AtomsBatch], Array]:
         """The energy function of force-field guidance (``sample.guidance_potential``):
@@ -149,7 +177,8 @@ class DiffusionModel(NamedTuple):
             score_fn = samplers.interpolated(score_fn, interpolate[0], interpolate[1], self.num_types)
         if guided:
             score_fn = samplers.guided(score_fn, w)
-        step = samplers.make_step(self.sde, self.process, s)
+        step = samplers.make_step(self.sde, self.process, s, lattice=self.lattice,
+                                  y_max=cfg.process.lattice_y_max)
         if s.energy_guidance > 0:
             if self.sde is None:
                 raise ValueError("sample.energy_guidance needs a model of positions (model.positions)")
@@ -177,6 +206,23 @@ def make_sde(config: Config):
     return sde_lib.make_sde(p.sde, p.schedule, **sde_params(p))
 
 
+def make_lattice(config: Config):
+    """The lattice process of a config (None when ``process.lattice`` is off); its scale
+    and σ must have been fitted (:func:`agedi_jax.train.prepare_data`) or set."""
+    p = config.process
+    if not p.lattice:
+        return None
+    if not (p.lattice_scale > 0 and p.lattice_sigma > 0):
+        raise ValueError(
+            "process.lattice: process.lattice_scale and process.lattice_sigma are 0 (not fitted); "
+            "prepare the data (agedi_jax.train.prepare_data fits them) or set them"
+        )
+    from agedi_jax.lattice import make_lattice_sde
+
+    return make_lattice_sde(p.lattice_schedule, scale=p.lattice_scale, sigma_rel=p.lattice_sigma, param=p.lattice,
+                            **dict(p.lattice_schedule_params))
+
+
 def make_process(config: Config, num_types: int):
     """The absorbing type process of a config (None when types are off), built by the
     registry (:func:`agedi_jax.discrete.make_type_process`)."""
@@ -194,6 +240,8 @@ def network_kwargs(config: Config, num_types: int, avg_num_neighbors: float) -> 
     fields = set(network_fields(m.network))
     values = {f.name: getattr(m, f.name) for f in dataclasses.fields(m)}
     values.update(position_head=m.positions, type_head=m.types)
+    if config.process.lattice:
+        values.update(lattice_head=True)
     kwargs = {k: v for k, v in values.items() if k in fields and k not in ("network_params", "avg_num_neighbors")}
     kwargs.update(num_types=num_types, avg_num_neighbors=float(avg_num_neighbors))
     kwargs.update(dict(m.network_params))
@@ -225,6 +273,7 @@ def build_model(config: Config, vocab: TypeVocab, avg_num_neighbors: float | Non
     network = make_network(m.network, **kwargs)
     sde = make_sde(config)
     process = make_process(config, vocab.num_types)
+    lattice = make_lattice(config)
     t = config.train
     loss_config = losses.LossConfig(
         sde=sde,
@@ -239,8 +288,11 @@ def build_model(config: Config, vocab: TypeVocab, avg_num_neighbors: float | Non
         lambda_energy=t.lambda_energy if m.energy_head else 0.0,
         lambda_forces=t.lambda_forces if m.energy_head else 0.0,
         energy_scale=forcefield.energy_scale(config),
+        lattice=lattice,
+        lambda_lattice=t.lambda_lattice,
+        lattice_y_max=config.process.lattice_y_max,
     )
-    return DiffusionModel(config, vocab, network, sde, process, loss_config, energy_network)
+    return DiffusionModel(config, vocab, network, sde, process, loss_config, energy_network, lattice)
 
 
 # --------------------------------------------------------------------------------------
@@ -267,6 +319,8 @@ def dense_layout(model: DiffusionModel, batch: AtomsBatch, **kwargs) -> tuple[De
     net = model.network
     if not getattr(net, "supports_dense", False):
         return None, f"{type(net).__name__} has no dense path"
+    if getattr(net, "lattice_head", False):
+        return None, "the lattice head runs on the edge path"
     if not net.dense:
         return None, "dense layout switched off (model.network_params.dense=false)"
     return layout_reason(batch, net.cutoff, **kwargs)
@@ -277,7 +331,8 @@ def picks_layout(model: DiffusionModel) -> bool:
     network has a dense path, ``model.network_params.dense`` is on and it is not already
     specialised to a layout (:func:`specialize`)."""
     net = model.network
-    return bool(getattr(net, "supports_dense", False) and net.dense and net.layout is None)
+    return bool(getattr(net, "supports_dense", False) and net.dense and net.layout is None
+                and not getattr(net, "lattice_head", False))
 
 
 def specialize(model: DiffusionModel, batch: AtomsBatch | None, **kwargs) -> DiffusionModel:

@@ -91,6 +91,7 @@ __all__ = [
     "TauLeaping",
     "Analytic",
     "Joint",
+    "LatticeJoint",
     "Finalize",
     "euler_maruyama",
     "predictor_corrector",
@@ -116,7 +117,7 @@ __all__ = [
     "with_corrector_guidance",
 ]
 
-_SCORE, _POS, _TYPES, _HEUN, _CORR = 0, 1, 2, 3, 10
+_SCORE, _POS, _TYPES, _HEUN, _CELL, _CORR = 0, 1, 2, 3, 4, 10
 
 
 # --------------------------------------------------------------------------------------
@@ -351,6 +352,80 @@ class Joint(NamedTuple):
         return self.position_step(key, state._replace(types=types), t, t_next, score_fn, scores=scores)
 
 
+class LatticeJoint(NamedTuple):
+    """Cell, fractional positions (and types) of bulk crystals stepped together from one
+    score call (:mod:`agedi_jax.lattice`).
+
+    With ``h = t − t_next`` and the scores at ``(S_t, f_t, z_t, t)``:
+
+    1. types: ``type_step`` (if any) with the shared scores;
+    2. cell: reverse Euler–Maruyama in lattice coordinates ``Y``,
+       ``Y ← Y − h·reverse_drift(Y, t, s_L) + sqrt(h g_L²) E`` (``E`` a masked
+       :func:`~agedi_jax.lattice.sym_normal`; no noise for the probability-flow ODE),
+       mapped back to ``S`` and floored (:func:`~agedi_jax.lattice.floor_cells`,
+       smallest eigenvalue ``≥ ℓ_N e^{−y_max}``);
+    3. fractional positions: reverse VE on the torus with ``σ_f = σ/ℓ_N``,
+       ``f ← f + h g_f² s_f + sqrt(h g_f²) z``, ``g_f² = g²/ℓ_N²``, the fractional score
+       ``s_f = s_x Sᵀ`` (:func:`~agedi_jax.lattice.frac_score` of the Cartesian score on the
+       cell it was evaluated at), wrapped, then placed in the new cell (``x = f S'``).
+
+    Keys: score ``fold_in(key, 0)``, position noise ``1``, types ``2``, cell noise ``4``."""
+
+    lattice: Any
+    sde: SDE
+    type_step: Any = None
+    y_max: float = 1.0
+    probability_flow: bool = False
+
+    def validate(self, state: AtomsBatch) -> None:
+        check_batch(self.sde, state)
+        if self.type_step is not None and hasattr(self.type_step, "validate"):
+            self.type_step.validate(state)
+
+    def __call__(self, key, state: AtomsBatch, t, t_next, score_fn: ScoreFn) -> AtomsBatch:
+        from agedi_jax import lattice as lat
+
+        scores = _call(score_fn, state, t, jax.random.fold_in(key, _SCORE))
+        if scores.cell is None:
+            raise ValueError("lattice step: the score function returned no cell score (Scores.cell is None)")
+        if self.type_step is not None:
+            state = state._replace(types=self.type_step(key, state, t, t_next, score_fn, scores=scores).types)
+        x = jnp.asarray(state.positions)
+        dtype = x.dtype
+        s_x = _position_score(state, scores, "lattice step")
+        gi = state.graph_index
+        mask = lat.graph_lattice_mask(state)
+        n = state.n_node
+        h = jnp.asarray(t - t_next, dtype)
+        tg = _graph_t(state, t)
+        # cell
+        cell = jnp.asarray(state.cell, dtype)
+        y = lat.cell_to_coords(self.lattice, cell, n, mask)
+        score_l = jnp.asarray(scores.cell, dtype)
+        y = y - h * lat.reverse_drift(self.lattice, y, tg, score_l, n, mask, self.probability_flow)
+        if not self.probability_flow:
+            gg = lat.g2(self.lattice, tg, n, mask).astype(dtype)
+            e = jnp.where(mask, lat.sym_normal(jax.random.fold_in(key, _CELL), (state.num_graphs,), dtype), 0.0)
+            y = y + jnp.sqrt(h * gg)[:, None, None] * e
+        new_cell = jnp.where(mask, lat.coords_to_cell(self.lattice, y, n, mask), cell)
+        # fractional positions (score evaluated on the old cell)
+        ls = lat.length_scale(self.lattice, n, mask).astype(dtype)
+        ls = jnp.where(ls > 0, ls, 1.0)[gi]
+        gf2 = self.sde.g2(jnp.asarray(t, dtype)) / (ls * ls)
+        s_f = lat.frac_score(s_x, cell[gi])
+        f = lat.batch_fractional(state)
+        factor = 0.5 if self.probability_flow else 1.0
+        df = h * factor * gf2[:, None] * s_f
+        if not self.probability_flow:
+            df = df + jnp.sqrt(h * gf2)[:, None] * _noise(jax.random.fold_in(key, _POS), state)
+        free = free_atoms(state)
+        pbc = jnp.asarray(state.pbc, bool)[gi]
+        f = jnp.where(free[:, None], lat.wrap_frac(f + df, pbc), f)
+        state = state._replace(positions=jnp.where(jnp.asarray(state.node_mask, bool)[:, None], lat.frac_to_cart(f, cell[gi]), x))
+        state = lat.with_cell(state, new_cell)
+        return lat.floor_cells(self.lattice, state, self.y_max)
+
+
 class Finalize(NamedTuple):
     """The last step at the end time ``t = grid[-1]`` (one score call).
 
@@ -461,10 +536,24 @@ GRIDS = ("uniform", "quadratic", "log")
 """Kinds of :func:`time_grid`."""
 
 
-def make_step(sde: SDE | None, process: discrete.AbsorbingProcess | None, options: Any):
+def make_step(sde: SDE | None, process: discrete.AbsorbingProcess | None, options: Any, *,
+              lattice: Any = None, y_max: float = 1.0):
     """The step of the configured samplers — the one construction point of sampler steps:
     ``options.sampler`` for positions (when ``sde`` is given), ``options.type_sampler`` for
-    types (when ``process`` is given), :func:`joint` when both are modelled."""
+    types (when ``process`` is given), :func:`joint` when both are modelled. With a
+    ``lattice`` process (bulk crystals) the step is :class:`LatticeJoint` (``sampler``
+    "em", or "ode" for its probability-flow form) with the type step inside."""
+    if lattice is not None:
+        if sde is None:
+            raise ValueError("make_step: a lattice process needs the position SDE")
+        if options.sampler not in ("em", "ode"):
+            raise ValueError(f"sample.sampler={options.sampler!r} is not available with process.lattice; use em or ode")
+        typ = None
+        if process is not None:
+            if options.type_sampler not in TYPE_SAMPLERS:
+                raise ValueError(f"unknown type sampler {options.type_sampler!r}; choose one of {sorted(TYPE_SAMPLERS)}")
+            typ = TYPE_SAMPLERS[options.type_sampler](process, options)
+        return LatticeJoint(lattice, sde, typ, float(y_max), options.sampler == "ode")
     pos = typ = None
     if sde is not None:
         if options.sampler not in POSITION_SAMPLERS:
@@ -628,7 +717,8 @@ def guided(score_fn: ScoreFn, w) -> ScoreFn:
     def fn(state: AtomsBatch, t, key, **kwargs) -> Scores:
         cond = score_fn(state, t, key, **kwargs)
         uncond = score_fn(state._replace(label=jnp.zeros_like(jnp.asarray(state.label))), t, key, **kwargs)
-        return Scores(positions=_mix(w, cond.positions, uncond.positions), types=_mix(w, cond.types, uncond.types))
+        return Scores(positions=_mix(w, cond.positions, uncond.positions), types=_mix(w, cond.types, uncond.types),
+                      cell=_mix(w, cond.cell, uncond.cell))
 
     return fn
 
@@ -661,7 +751,7 @@ def interpolated(score_fn: ScoreFn, type_a: int, type_b: int, num_types: int) ->
         types = out.types
         if types is not None:
             types = jnp.where(jnp.asarray(allowed)[None, :], types, jnp.asarray(NEG_LOG_SCORE, jnp.asarray(types).dtype))
-        return Scores(positions=out.positions, types=types)
+        return Scores(positions=out.positions, types=types, cell=out.cell)
 
     return fn
 

@@ -60,11 +60,16 @@ class Scores(NamedTuple):
       energy: [n] raw per-atom energy output of a network with an energy head
         (dimensionless; :mod:`agedi_jax.forcefield` scales it and adds the per-element
         reference). ``None`` otherwise; score functions do not pass it on.
+      cell: [g, 3, 3] symmetric lattice output of a network with a lattice head (the
+        noise prediction ε̂ of the lattice coordinates, :mod:`agedi_jax.lattice`); from a
+        score function the lattice score ``−ε̂/std`` in those coordinates. ``None`` when
+        the cell is not modelled.
     """
 
     positions: Any = None
     types: Any = None
     energy: Any = None
+    cell: Any = None
 
 
 def _std_col(std, like) -> Array:

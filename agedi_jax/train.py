@@ -185,6 +185,13 @@ def prepare_data(config: Config, dataset=None) -> PreparedData:
     structures = dataset.structures
     vocab = TypeVocab.from_atoms(structures)
     cutoff = config.model.cutoff
+    image_cells = None
+    if config.process.lattice:
+        structures, config = prepare_lattice(config, structures, train_idx)
+        p = config.process
+        from agedi_jax.lattice import template_cell
+
+        image_cells = [template_cell(p.lattice_scale, len(a), a.pbc, p.lattice_y_max) for a in structures]
 
     def enc(idx):
         return encode_structures(
@@ -193,6 +200,7 @@ def prepare_data(config: Config, dataset=None) -> PreparedData:
             cutoff,
             labels=None if labels is None else [labels[i] for i in idx],
             max_atoms=config.data.max_atoms,
+            image_cells=None if image_cells is None else [image_cells[i] for i in idx],
         )
 
     train = enc(train_idx)
@@ -219,6 +227,35 @@ def prepare_data(config: Config, dataset=None) -> PreparedData:
     return PreparedData(
         config, vocab, train, val, [structures[i] for i in train_idx], [structures[i] for i in val_idx]
     )
+
+
+def prepare_lattice(config: Config, structures: list, train_idx) -> tuple[list, Config]:
+    """For a model of the cell (``process.lattice``): every structure Niggli-reduced
+    (:func:`agedi_jax.lattice.reduce_cell`, positions wrapped into the new cell; the same
+    crystal) and, where ``process.lattice_scale`` / ``lattice_sigma`` are 0, the
+    density-scaled prior fitted on the training structures
+    (:func:`agedi_jax.lattice.fit_lattice`) and stored in the config."""
+    from agedi_jax.lattice import fit_lattice, reduce_cell
+
+    bad = [k for k, a in enumerate(structures) if not np.all(a.pbc)]
+    if bad:
+        raise ValueError(
+            f"process.lattice needs bulk crystals (pbc T, T, T): {len(bad)} of {len(structures)} structures are not, "
+            f"e.g. structure {bad[0]}"
+        )
+    reduced = []
+    for a in structures:
+        b = a.copy()
+        b.set_cell(reduce_cell(np.asarray(a.cell[:]), a.pbc), scale_atoms=False)
+        b.wrap()
+        reduced.append(b)
+    p = config.process
+    if not (p.lattice_scale > 0 and p.lattice_sigma > 0):
+        fit = fit_lattice([reduced[i] for i in train_idx], reduce=False)
+        sigma = fit.sigma_log if p.lattice == "log" else fit.sigma_linear
+        config = replace(config, process={"lattice_scale": p.lattice_scale or round(fit.scale, 5),
+                                          "lattice_sigma": p.lattice_sigma or round(sigma, 5)})
+    return reduced, config
 
 
 def data_scale(structures) -> float:

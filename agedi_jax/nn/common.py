@@ -456,6 +456,9 @@ class ScoreNetwork(nn.Module):
       dense: allow the dense per-structure layout (:mod:`agedi_jax.nn.dense`) where the
         model picks it for a batch of small structures (networks with ``supports_dense``);
         ``model.network_params.dense=false`` keeps every batch on the edge path.
+      lattice_head: also produce ``Scores.cell`` [g, 3, 3], the symmetric lattice output
+        of :class:`~agedi_jax.nn.lattice_head.LatticeHead` read from the final invariant
+        features (``process.lattice``); edge path only. Off by default (no parameters).
       layout: the static :class:`~agedi_jax.nn.dense.DenseLayout` this instance is
         specialised to (None: the edge path). Not a config field: set by
         :func:`agedi_jax.model.specialize` from a concrete batch
@@ -482,12 +485,15 @@ class ScoreNetwork(nn.Module):
     energy_head: bool = False
     dense: bool = True
     layout: Any = None
+    lattice_head: bool = False
 
     def check_fields(self) -> None:
         """Raise ``ValueError`` naming a bad field (subclasses extend it)."""
         check_heads(self.position_head, self.type_head, self.energy_head)
         if self.layout is not None and not self.supports_dense:
             raise ValueError(f"{type(self).__name__} has no dense layout (layout must be None)")
+        if self.layout is not None and self.lattice_head:
+            raise ValueError("a network with a lattice head runs on the edge path only (layout must be None)")
         check_positive("cutoff", self.cutoff)
         check_positive("avg_num_neighbors", self.avg_num_neighbors)
         if self.num_layers < 1:

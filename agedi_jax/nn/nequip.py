@@ -54,6 +54,7 @@ from agedi_jax.nn.common import (
 )
 from agedi_jax.nn.context import GlobalContext, com_features, graph_size_features
 from agedi_jax.nn.embeddings import Conditioning
+from agedi_jax.nn.lattice_head import LatticeHead
 from agedi_jax.nn.norms import IrrepsNorm
 from agedi_jax.scores import Scores
 
@@ -237,5 +238,9 @@ class NequIP(ScoreNetwork):
         energy = None
         if self.energy_head:
             energy = MLP((self.features, 1), activation=nn.silu, name="energy_head")(x.filter(keep="0e").array)
+        cell = None
+        if self.lattice_head:
+            cell = LatticeHead(self.features, self.num_basis, self.cutoff, self.envelope_p, self.avg_num_neighbors,
+                               name="lattice_head")(x.filter(keep="0e").array, batch, edges)
         pos, typ = finalize_scores(batch, pos, typ)
-        return Scores(positions=pos, types=typ, energy=finalize_energy(batch, energy))
+        return Scores(positions=pos, types=typ, energy=finalize_energy(batch, energy), cell=cell)

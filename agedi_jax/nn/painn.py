@@ -63,6 +63,7 @@ from agedi_jax.nn.dense import (
     to_dense,
 )
 from agedi_jax.nn.embeddings import Conditioning
+from agedi_jax.nn.lattice_head import LatticeHead
 from agedi_jax.nn.norms import VectorNorm
 from agedi_jax.scores import Scores
 
@@ -341,8 +342,12 @@ class PaiNN(ScoreNetwork):
         energy = None
         if self.energy_head:
             energy = MLP((f, 1), activation=nn.silu, name="energy_head")(s)[:, 0]
+        cell = None
+        if self.lattice_head:  # check_fields keeps lattice models on the edge path
+            cell = LatticeHead(f, self.num_basis, self.cutoff, self.envelope_p, self.avg_num_neighbors,
+                               name="lattice_head")(s, full, edges)
         if layout is not None:
             pos, typ, energy = (None if x is None else from_dense_checked(x, dmap, full)
                                 for x in (pos, typ, energy))
         pos, typ = finalize_scores(full, pos, typ)
-        return Scores(positions=pos, types=typ, energy=finalize_energy(full, energy))
+        return Scores(positions=pos, types=typ, energy=finalize_energy(full, energy), cell=cell)

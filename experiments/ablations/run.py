@@ -121,7 +121,7 @@ def report(study: str, results: dict) -> Path:
         tr = r.get("training") or results.get(rows[name].of or "", {}).get("training") or {}
         a = r["evaluation"]["accuracy"]
         lines.append(
-            f"| {name} | {rows[name].note if name in rows else ''} | {r.get('minutes', '')} | {tr.get('steps', '')} | "
+            f"| {name} | {rows[name].note if name in rows else ''} | {r.get('minutes') or '—'} | {tr.get('steps', '')} | "
             f"{tr.get('best_val_loss', '')} ({tr.get('best_val_step', '')}) | {tr.get('final_val_loss', '')} | "
             f"{a['0.0']:.3f} | {a['1.0']:.3f} | {a['3.0']:.3f} | {r['evaluation']['valid']['1.0']:.3f} |"
         )

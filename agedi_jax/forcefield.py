@@ -271,7 +271,8 @@ def _predict_fn(model: Any, dense: bool = True):
     network's layout per batch (:func:`agedi_jax.model.picks_layout`) one compilation per
     layout (the dense per-structure layout for batches of small structures)."""
     from agedi_jax.cache import compiled
-    from agedi_jax.model import _PerLayout, picks_layout
+    from agedi_jax.layouts import PerLayout as _PerLayout
+    from agedi_jax.layouts import picks_layout
 
     if dense and picks_layout(model):
         return compiled("ff_predict_dispatch", model,

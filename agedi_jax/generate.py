@@ -211,7 +211,7 @@ class LayoutSampler:
     The samples equal those of the edge path up to float rounding."""
 
     def __init__(self, model: DiffusionModel, build, num_steps: int):
-        from agedi_jax.model import _PerLayout
+        from agedi_jax.layouts import PerLayout as _PerLayout
 
         self._pick = _PerLayout(model, build, batch_arg=2, reuse_ratio=None)
         self.num_steps = num_steps
@@ -268,7 +268,7 @@ def make_sampler(
     layout. With a mesh the sampler stays on the edge path: the layout is chosen on the
     host from an unstacked batch, and the stacked shards of a data-parallel sampler are
     not (the dense layout is not supported under ``shard_map`` yet)."""
-    from agedi_jax.model import picks_layout
+    from agedi_jax.layouts import picks_layout
 
     cfg = config or model.config
     # the seed and batch size do not change the compiled code (the bucket is a jit shape)

@@ -49,6 +49,7 @@ from agedi_jax.vocab import MASK
 
 __all__ = [
     "StructureError",
+    "describe_structure",
     "AtomsBatch",
     "Bucket",
     "round_up",
@@ -264,6 +265,15 @@ class EncodedStructure(NamedTuple):
     @property
     def num_edges(self) -> int:
         return len(self.senders)
+
+
+def describe_structure(k: int, atoms: Any) -> str:
+    """``structure k (formula)``: how error messages name an input structure."""
+    try:
+        formula = atoms.get_chemical_formula()
+    except Exception:  # pragma: no cover - defensive
+        formula = "?"
+    return f"structure {k} ({formula or 'empty'})"
 
 
 def collate(encoded: Sequence[EncodedStructure], bucket: Bucket | None = None) -> AtomsBatch:

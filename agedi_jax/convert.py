@@ -31,6 +31,7 @@ from agedi_jax.batch import (
     EncodedStructure,
     StructureError,
     collate,
+    describe_structure,
     map_arrays,
 )
 from agedi_jax.edges import edge_template
@@ -38,6 +39,7 @@ from agedi_jax.vocab import MASK, TypeVocab
 
 __all__ = [
     "validate_atoms",
+    "describe_structure",
     "fixed_mask",
     "atoms_labels",
     "encode_structures",
@@ -46,17 +48,9 @@ __all__ = [
 ]
 
 
-def _describe(k: int, atoms: Any) -> str:
-    try:
-        formula = atoms.get_chemical_formula()
-    except Exception:  # pragma: no cover - defensive
-        formula = "?"
-    return f"structure {k} ({formula or 'empty'})"
-
-
 def validate_atoms(atoms: Any, k: int = 0, vocab: TypeVocab | None = None) -> None:
     """Raise :class:`StructureError` naming structure ``k`` if it cannot be batched."""
-    name = _describe(k, atoms)
+    name = describe_structure(k, atoms)
     if len(atoms) == 0:
         raise StructureError(f"{name}: empty structure (no atoms)")
     pos = np.asarray(atoms.positions, np.float64)
@@ -205,7 +199,7 @@ def encode_structures(
         labels = []
         for k, atoms in enumerate(atoms_list):
             if label_key not in atoms.info:
-                raise StructureError(f"{_describe(k, atoms)}: no label {label_key!r} in atoms.info")
+                raise StructureError(f"{describe_structure(k, atoms)}: no label {label_key!r} in atoms.info")
             labels.append(int(atoms.info[label_key]))
     if labels is not None and len(labels) != len(atoms_list):
         raise ValueError(f"{len(labels)} labels for {len(atoms_list)} structures")
@@ -228,12 +222,12 @@ def encode_structures(
         na = len(atoms)
         if max_atoms is not None and na > max_atoms:
             raise StructureError(
-                f"{_describe(k, atoms)}: {na} atoms is more than the configured "
+                f"{describe_structure(k, atoms)}: {na} atoms is more than the configured "
                 f"maximum of {max_atoms} atoms per structure"
             )
         f = fixed_mask(atoms) if fixed is None else np.asarray(fixed[k], bool)
         if f.shape != (na,):
-            raise StructureError(f"{_describe(k, atoms)}: fixed mask of shape {f.shape}, expected ({na},)")
+            raise StructureError(f"{describe_structure(k, atoms)}: fixed mask of shape {f.shape}, expected ({na},)")
         types = vocab.encode(atoms.get_chemical_symbols())
         if masked_types:
             types = np.where(f, types, MASK).astype(np.int32)

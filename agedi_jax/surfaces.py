@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from agedi_jax.batch import EncodedStructure, StructureError
+from agedi_jax.batch import EncodedStructure, StructureError, describe_structure
 
 __all__ = [
     "Z_WINDOW_KEY",
@@ -42,14 +42,6 @@ Z_WINDOW_KEY = "z_window_above_fixed"
 atom (:func:`agedi_jax.convert.encode_structures` reads it; e.g. training data of a surface
 model). Its own name, so that other ``z_window`` entries (the surface data set's record of
 its search window, relative to the top slab atom) are never read as one."""
-
-
-def _describe(k: int, atoms: Any) -> str:
-    try:
-        formula = atoms.get_chemical_formula()
-    except Exception:  # pragma: no cover - defensive
-        formula = "?"
-    return f"structure {k} ({formula or 'empty'})"
 
 
 def parse_z_window(window: Any) -> tuple[float, float] | None:
@@ -108,7 +100,7 @@ def resolve_z_window(
       window without fixed atoms, a window outside the cell's z range ``[0, c_z]``, a
       window overlapping the z range of the fixed atoms, free atoms outside the window.
     """
-    name = _describe(k, atoms)
+    name = describe_structure(k, atoms)
     try:
         lo, hi = parse_z_window(window)
     except (TypeError, ValueError) as err:

@@ -296,7 +296,7 @@ def validate_dataset(dataset: Dataset, vocab=None, max_atoms: int | None = None)
     atoms. Raises :class:`agedi_jax.batch.StructureError` naming the dataset and the
     structure (index and formula)."""
     from agedi_jax.batch import StructureError
-    from agedi_jax.convert import _describe, validate_atoms
+    from agedi_jax.convert import describe_structure, validate_atoms
 
     if len(dataset) == 0:
         raise DataError(f"dataset {dataset.name!r} is empty (no structures)")
@@ -307,7 +307,7 @@ def validate_dataset(dataset: Dataset, vocab=None, max_atoms: int | None = None)
             raise StructureError(f"dataset {dataset.name!r}: {err}") from None
         if max_atoms is not None and len(atoms) > max_atoms:
             raise StructureError(
-                f"dataset {dataset.name!r}: {_describe(k, atoms)} has {len(atoms)} atoms, "
+                f"dataset {dataset.name!r}: {describe_structure(k, atoms)} has {len(atoms)} atoms, "
                 f"more than max_atoms={max_atoms}"
             )
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from agedi_jax.checkpoint import file_digests
 from agedi_jax.config import Config, config_hash
 from agedi_jax.data import DATA_PREFIX, portable_data_spec
-from experiments.common import REPO
+from experiments.common import REPO, data_root
 
 TEXT = (".json", ".jsonl", ".log", ".txt", ".md", ".extxyz")
 
@@ -69,8 +69,8 @@ def fix_checkpoint(ckpt: Path) -> bool:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true", help="only list the files that would change")
-    ap.add_argument("--shared-root", action="append", default=["/work/shared/data"],
-                    help="absolute shared-data paths to replace (repeatable)")
+    ap.add_argument("--shared-root", action="append", default=[str(data_root().resolve())],
+                    help="absolute shared-data paths to replace (repeatable; default: this machine's data root)")
     ap.add_argument("--skip", nargs="*", default=[], help="files to leave alone")
     args = ap.parse_args(argv)
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()

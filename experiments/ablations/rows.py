@@ -19,6 +19,8 @@ class Row(NamedTuple):
     evaluation: dict = {}
     of: str | None = None
     note: str = ""
+    steps: int | None = None
+    """Training steps of this row (overrides the driver's ``--steps``)."""
 
 
 BASE = (
@@ -37,6 +39,8 @@ C2DB: dict[str, Row] = {
     "weight_decay": Row(("train.weight_decay=0.05",), note="AdamW weight decay 0.05 (against the overfitting)"),
     "t_beta": Row(("process.t_beta_a=3", "process.t_beta_b=2"),
                   note="training times ~ Beta(3, 2): effort on sigma ~ 0.2-1.5 A, where the registry is decided"),
+    "t_beta_30k": Row(("process.t_beta_a=3", "process.t_beta_b=2"), steps=30_000,
+                      note="t_beta trained 30,000 steps (the committed model's length, ~1 h on one core)"),
     "wide": Row(("model.features=96",), note="PaiNN 96x3 (capacity at equal wall time)"),
     "nequip": Row(("model.network=nequip", "model.features=64", "model.vector_features=32", "model.l_max=2"),
                   note="NequIP 64x3, l_max 2 (higher l at equal wall time)"),

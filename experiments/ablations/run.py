@@ -167,7 +167,7 @@ def main(argv=None) -> int:
         row = rows[name]
         t0 = time.perf_counter()
         if row.of is None:
-            run = train_row(args.study, name, row, args.minutes, args.steps)
+            run = train_row(args.study, name, row, args.minutes, row.steps or args.steps)
             training = training_summary(run)
         else:
             run = HERE / "runs" / args.study / row.of
@@ -175,11 +175,14 @@ def main(argv=None) -> int:
                 raise SystemExit(f"row {name} evaluates row {row.of!r}, which has not been trained yet")
             training = None
         evaluation = evaluate_row(run, row.evaluation, args.num)
-        results[name] = dict(minutes=None if row.of is not None or args.steps else args.minutes,
-                             overrides=list(row.overrides),
-                             of=row.of, note=row.note, training=training, evaluation=evaluation,
-                             wall_s=round(time.perf_counter() - t0), load=round(os.getloadavg()[0], 2),
-                             run=str(run.relative_to(REPO)), time=time.strftime("%Y-%m-%d %H:%M"))
+        entry = dict(minutes=None if row.of is not None or row.steps or args.steps else args.minutes,
+                     overrides=list(row.overrides),
+                     of=row.of, note=row.note, training=training, evaluation=evaluation,
+                     wall_s=round(time.perf_counter() - t0), load=round(os.getloadavg()[0], 2),
+                     run=str(run.relative_to(REPO)), time=time.strftime("%Y-%m-%d %H:%M"))
+        # re-read before writing: another driver may have finished a row meanwhile
+        results = json.loads(path.read_text()) if path.exists() else {}
+        results[name] = entry
         write_json(path, results)
         print(f"{name}: accuracy {evaluation['accuracy']} (w = 0, 1, 3); valid {evaluation['valid']['1.0']}", flush=True)
         report(args.study, results)

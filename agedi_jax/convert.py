@@ -266,15 +266,7 @@ def batch_from_atoms(
     cutoff: float,
     *,
     bucket: Bucket | None = None,
-    labels: Sequence[int] | None = None,
-    label_key: str | None = None,
-    fixed: Sequence[np.ndarray] | None = None,
-    max_atoms: int | None = None,
-    masked_types: bool = False,
-    read_labels: bool = True,
-    z_window: Any = None,
-    z_window_relative: bool = True,
-    check_window: bool = True,
+    **encode: Any,
 ) -> AtomsBatch:
     """Build a padded :class:`AtomsBatch` (numpy arrays, float64) from ``ase.Atoms``.
 
@@ -284,35 +276,18 @@ def batch_from_atoms(
       cutoff: largest cutoff (Å) the edges will be used with; sets the image range.
       bucket: padded sizes; default: the smallest ladder bucket that fits
         (:func:`bucket_for`). Too small a bucket raises :class:`StructureError`.
-      labels: per-structure integer labels (0 = none); or ``label_key`` to read them
-        from ``atoms.info``.
-      fixed: per-structure boolean masks of fixed atoms; default: ASE ``FixAtoms``
-        constraints.
-      max_atoms: largest structure allowed (e.g. the model's configured padding).
-      masked_types: set every non-fixed atom's type to MASK (for sampling templates).
-      read_labels: carry energies and forces (:func:`atoms_labels`) in the batch's
-        label fields (:class:`~agedi_jax.batch.AtomsBatch`).
-      z_window, z_window_relative, check_window: z windows of slabs
-        (:func:`encode_structures`).
+      encode: keyword arguments of :func:`encode_structures` — ``labels`` / ``label_key``
+        (per-structure integer labels, 0 = none), ``fixed`` (masks of fixed atoms; default
+        the ``FixAtoms`` constraints), ``max_atoms`` (the configured padding),
+        ``masked_types`` (every non-fixed type MASK, for sampling templates),
+        ``read_labels`` (carry energies and forces), ``z_window``, ``z_window_relative``,
+        ``check_window``, ``image_cells``.
 
     Returns:
       An :class:`AtomsBatch` of numpy arrays; ``jax.numpy`` converts it at the jit
       boundary (float32 unless x64 is enabled).
     """
-    encoded = encode_structures(
-        atoms_list,
-        vocab,
-        cutoff,
-        labels=labels,
-        label_key=label_key,
-        fixed=fixed,
-        max_atoms=max_atoms,
-        masked_types=masked_types,
-        read_labels=read_labels,
-        z_window=z_window,
-        z_window_relative=z_window_relative,
-        check_window=check_window,
-    )
+    encoded = encode_structures(atoms_list, vocab, cutoff, **encode)
     return collate(encoded, bucket)
 
 

@@ -26,6 +26,8 @@ network layout: batches of small structures run on the dense per-structure layou
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from types import SimpleNamespace
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -424,13 +426,7 @@ def sample_atoms(
     edge path up to float rounding; ``model.network_params.dense=false`` opts out). With a
     mesh every batch runs on the edge path.
     """
-    req = prepare_request(
-        model, n_atoms=n_atoms, compositions=compositions, templates=templates, num_samples=num_samples,
-        generate_types=generate_types, label=label, guidance=guidance, interpolate=interpolate,
-        sampler=sampler, type_sampler=type_sampler, steps=steps, grid=grid, seed=seed, batch_size=batch_size,
-        energy_guidance=energy_guidance, guidance_potential=guidance_potential, guidance_on=guidance_on,
-        guidance_zeta=guidance_zeta, formula=formula, z_window=z_window, z_window_absolute=z_window_absolute,
-    )
+    req = prepare_request(model, **{k: v for k, v in locals().items() if k not in _NOT_REQUEST})
     s = req.config.sample
     n = len(req.structures)
     batches = [list(range(i, min(i + s.batch_size, n))) for i in range(0, n, s.batch_size)]
@@ -446,6 +442,10 @@ def sample_atoms(
         out += run_batch(params, jax.random.fold_in(root, bi), idx, report)
     report.close()
     return out
+
+
+_NOT_REQUEST = ("model", "params", "progress", "mesh", "shards_per_device")
+"""The arguments of :func:`sample_atoms` that are not part of the request."""
 
 
 class _SampleProgress:
@@ -618,65 +618,43 @@ class SampleRequest(NamedTuple):
         return atoms
 
 
-def prepare_request(
-    model: DiffusionModel,
-    *,
-    n_atoms=None,
-    compositions=None,
-    templates=None,
-    num_samples: int | None = None,
-    generate_types: bool | None = None,
-    label=None,
-    guidance: float | None = None,
-    interpolate: tuple[str, str] | None = None,
-    sampler: str | None = None,
-    type_sampler: str | None = None,
-    steps: int | None = None,
-    grid: str | None = None,
-    seed: int | None = None,
-    batch_size: int | None = None,
-    energy_guidance: float | None = None,
-    guidance_potential: str | None = None,
-    guidance_on: str | None = None,
-    guidance_zeta: float | None = None,
-    formula=None,
-    z_window: Any = None,
-    z_window_absolute: bool = False,
-) -> SampleRequest:
-    """Validate a sampling request on the host (arguments of :func:`sample_atoms`)."""
-    if num_samples is not None and (not isinstance(num_samples, (int, np.integer)) or num_samples < 1):
-        raise ValueError(f"num_samples must be a whole number >= 1, got {num_samples!r}")
-    options = dict(sampler=sampler, type_sampler=type_sampler, steps=steps, grid=grid, seed=seed, batch_size=batch_size,
-                   energy_guidance=energy_guidance, guidance_potential=guidance_potential, guidance_on=guidance_on,
-                   guidance_zeta=guidance_zeta)
-    updates = {k: v for k, v in options.items() if v is not None}
+def prepare_request(model: DiffusionModel, **request: Any) -> SampleRequest:
+    """Validate a sampling request on the host: ``request`` holds keyword arguments of
+    :func:`sample_atoms` (all but ``progress``, ``mesh`` and ``shards_per_device``; an
+    unknown keyword is a TypeError, as in a call of :func:`sample_atoms`)."""
+    bound = inspect.signature(sample_atoms).bind(model, None, **request)
+    bound.apply_defaults()
+    r = SimpleNamespace(**bound.arguments)
+    overrides = ("sampler", "type_sampler", "steps", "grid", "seed", "batch_size", "energy_guidance",
+                 "guidance_potential", "guidance_on", "guidance_zeta")  # fields of the ``sample`` config
+    updates = {k: getattr(r, k) for k in overrides if getattr(r, k) is not None}
     cfg = model.config
     if updates:
         from agedi_jax.config import replace
 
         cfg = replace(cfg, sample=updates)
-    formulas = [str(x) for x in _as_list(formula)]
-    if formulas and _as_list(compositions):
+    formulas = [str(x) for x in _as_list(r.formula)]
+    if formulas and _as_list(r.compositions):
         raise ValueError("give formula or compositions, not both")
-    tmpl = _as_list(templates)
-    adding = bool(tmpl) and bool(formulas or _as_list(compositions) or _as_list(n_atoms))
+    tmpl = _as_list(r.templates)
+    adding = bool(tmpl) and bool(formulas or _as_list(r.compositions) or _as_list(r.n_atoms))
     if adding and model.lattice is not None:
         raise ValueError("adding atoms to templates is not available for a model of the cell (process.lattice)")
     origins = fixed = None
     if adding:
         structures, gen, fixed, origins, abs_windows = _added_atoms(
-            model, cfg, tmpl, n_atoms, formulas or [str(x) for x in _as_list(compositions)], num_samples,
-            z_window, z_window_absolute,
+            model, cfg, tmpl, r.n_atoms, formulas or [str(x) for x in _as_list(r.compositions)], r.num_samples,
+            r.z_window, r.z_window_absolute,
         )
     else:
         structures, gen = make_templates(
-            model, n_atoms=n_atoms, compositions=formulas or compositions, templates=templates,
-            num_samples=num_samples, generate_types=generate_types,
+            model, n_atoms=r.n_atoms, compositions=formulas or r.compositions, templates=r.templates,
+            num_samples=r.num_samples, generate_types=r.generate_types,
         )
-        abs_windows = _template_windows(cfg, structures, z_window, z_window_absolute, bool(tmpl))
+        abs_windows = _template_windows(cfg, structures, r.z_window, r.z_window_absolute, bool(tmpl))
     _check_windows(model, abs_windows)
     n = len(structures)
-    labels = [int(x) for x in _as_list(label)]
+    labels = [int(x) for x in _as_list(r.label)]
     if len(labels) == 1:
         labels = labels * n
     elif not labels:
@@ -691,7 +669,7 @@ def prepare_request(
                 if num_labels
                 else f"label {lab} given but this model is unconditional (model.num_labels = 0)"
             )
-    w = cfg.sample.guidance if guidance is None else float(guidance)
+    w = cfg.sample.guidance if r.guidance is None else float(r.guidance)
     if not np.isfinite(w):
         raise ValueError(f"guidance weight must be a finite number, got {w}")
     # Guidance needs labels. w = 1 is the conditional score and w = 0 the unconditional one
@@ -700,15 +678,15 @@ def prepare_request(
     guided = conditional and w not in (0.0, 1.0)
     net_labels = [0] * n if conditional and w == 0.0 else labels
     interp = names = None
-    if interpolate is not None:
+    if r.interpolate is not None:
         if model.process is None:
             raise ValueError("type interpolation needs a model of atomic types (model.types is on)")
-        names = (str(interpolate[0]), str(interpolate[1]))
+        names = (str(r.interpolate[0]), str(r.interpolate[1]))
         interp = (model.vocab.index(names[0]), model.vocab.index(names[1]))
         gen = [True] * n
     windowed = any(x is not None for x in abs_windows)
     image_cells = None
-    if model.lattice is not None:  # templates hold every image the moving cell can need
+    if model.lattice is not None:  # r.templates hold every image the moving cell can need
         image_cells = [lattice_lib.template_cell(model.lattice.scale, len(a), a.pbc, cfg.process.lattice_y_max)
                        for a in structures]
     encoded = encode_structures(

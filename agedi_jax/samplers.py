@@ -171,6 +171,15 @@ def _pf_velocity(sde: SDE, state: AtomsBatch, x: Array, t, s: Array) -> Array:
 # --------------------------------------------------------------------------------------
 
 
+def _first_evaluation(key, state: AtomsBatch, t, t_next, score_fn: ScoreFn, scores: Scores | None, who: str):
+    """Positions ``x``, position score ``s`` at ``(x, t)`` (the scores given, else one network
+    call) and ``Δt = t_next − t`` in the positions' dtype: the start of every position step."""
+    if scores is None:
+        scores = _call(score_fn, state, t, jax.random.fold_in(key, _SCORE))
+    x = jnp.asarray(state.positions)
+    return x, _position_score(state, scores, who), jnp.asarray(t_next - t, x.dtype)
+
+
 class EulerMaruyama(NamedTuple):
     """Euler–Maruyama on the reverse SDE (Eq. 9), or Euler on the probability-flow ODE.
 
@@ -184,11 +193,7 @@ class EulerMaruyama(NamedTuple):
         check_batch(self.sde, state)
 
     def __call__(self, key, state: AtomsBatch, t, t_next, score_fn: ScoreFn, scores: Scores | None = None) -> AtomsBatch:
-        if scores is None:
-            scores = _call(score_fn, state, t, jax.random.fold_in(key, _SCORE))
-        x = jnp.asarray(state.positions)
-        s = _position_score(state, scores, "euler_maruyama")
-        dt = jnp.asarray(t_next - t, x.dtype)
+        x, s, dt = _first_evaluation(key, state, t, t_next, score_fn, scores, "euler_maruyama")
         if self.probability_flow:
             dx = _pf_velocity(self.sde, state, x, t, s) * dt
         else:
@@ -207,15 +212,11 @@ class HeunODE(NamedTuple):
 
     sde: SDE
 
-    def validate(self, state: AtomsBatch) -> None:
-        check_batch(self.sde, state)
+    validate = EulerMaruyama.validate
 
     def __call__(self, key, state: AtomsBatch, t, t_next, score_fn: ScoreFn, scores: Scores | None = None) -> AtomsBatch:
-        if scores is None:
-            scores = _call(score_fn, state, t, jax.random.fold_in(key, _SCORE))
-        x = jnp.asarray(state.positions)
-        dt = jnp.asarray(t_next - t, x.dtype)
-        v1 = _pf_velocity(self.sde, state, x, t, _position_score(state, scores, "heun_ode"))
+        x, s1, dt = _first_evaluation(key, state, t, t_next, score_fn, scores, "heun_ode")
+        v1 = _pf_velocity(self.sde, state, x, t, s1)
         mid = state._replace(positions=displace(state, x, v1 * dt))
         s2 = _position_score(mid, _call(score_fn, mid, t_next, jax.random.fold_in(key, _HEUN)), "heun_ode")
         v2 = _pf_velocity(self.sde, mid, mid.positions, t_next, s2)

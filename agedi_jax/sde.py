@@ -253,6 +253,11 @@ class VPCosineSchedule(NamedTuple):
 # --------------------------------------------------------------------------------------
 
 
+def _diffusion(self, t) -> Array:
+    """Diffusion coefficient ``g(t) = sqrt(g(t)²)`` of an SDE with a ``g2`` method."""
+    return jnp.sqrt(self.g2(t))
+
+
 class VESDE(NamedTuple):
     """Variance-exploding SDE (Eq. 8): ``f = 0``, ``g² = d[σ²]/dt``.
 
@@ -275,9 +280,7 @@ class VESDE(NamedTuple):
         self.validate()
         return self.schedule.g2(t)
 
-    def diffusion(self, t) -> Array:
-        """Diffusion coefficient ``g(t)``."""
-        return jnp.sqrt(self.g2(t))
+    diffusion = _diffusion
 
     def mean_coeff(self, t) -> Array:
         """Kernel mean coefficient (1 for VE): mean = coeff · x0."""
@@ -330,9 +333,7 @@ class VPSDE(NamedTuple):
         self.validate()
         return self.schedule.beta(t)
 
-    def diffusion(self, t) -> Array:
-        """Diffusion coefficient ``g(t) = sqrt(β(t))``."""
-        return jnp.sqrt(self.g2(t))
+    diffusion = _diffusion
 
     def mean_coeff(self, t) -> Array:
         """Kernel mean coefficient ``e^{−α(t)/2}``."""

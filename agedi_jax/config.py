@@ -204,14 +204,20 @@ class ProcessConfig:
       type_parametrization: "mean" (the type head predicts logits of the clean type,
         log ŝ = log a(σ̄) + log_softmax; exact form of the absorbing concrete score) or
         "direct" (the head predicts log ŝ itself).
-      lattice: diffuse the periodic cell too (bulk crystals, :mod:`agedi_jax.lattice`):
-        "" (off, the default: the cell is a fixed template), "log" (``log(S/ℓ_N)``) or
-        "linear" (``S``). With a lattice the network gets a lattice head, positions
-        diffuse in fractional coordinates (fractional σ = σ(t)/ℓ_N, so
-        ``sigma_max`` should exceed ℓ_N) and samples start from the density-scaled prior
-        cell; needs ``sde=ve``.
-      lattice_scale: ``c`` (Å) of the density length ``ℓ_N = c N^{1/3}``; 0 = fitted on
-        the training data (:func:`agedi_jax.lattice.fit_lattice`) and stored here.
+      lattice: diffuse the periodic cell too (bulk crystals, or the in-plane cell of
+        layers with pbc T, T, F whose vacuum axis c along z stays fixed;
+        :mod:`agedi_jax.lattice`): "" (off, the default: the cell is a fixed template),
+        "log" (``log(S/ℓ_N)``) or "linear" (``S``). With a lattice the network gets a
+        lattice head, positions diffuse in fractional coordinates along periodic axes
+        (fractional σ = σ(t)/ℓ_N, so ``sigma_max`` should exceed ℓ_N; a layer's z stays
+        Cartesian) and samples start from the density-scaled prior cell; needs ``sde=ve``.
+      lattice_scale: ``c`` (Å) of the density length ``ℓ_N = c N^{1/k}`` (k = 3 bulk,
+        2 layers: ``c²`` is then the area per atom); 0 = fitted on the training data
+        (:func:`agedi_jax.lattice.fit_lattice`) and stored here.
+      lattice_layer_c: for a model of layers, the length (Å) of the fixed vacuum vector
+        ``c = (0, 0, c_z)`` of the cells it samples from a composition or a number of
+        atoms (templates keep their own); 0 for bulk crystals. Set from the training data
+        (their median ``c_z``) when they are layers and this is 0.
       lattice_sigma: stationary σ of the lattice coordinates (dimensionless); 0 = fitted.
       lattice_schedule: VP schedule of the lattice process ("linear", "cosine").
       lattice_schedule_params: its fields (e.g. ``beta_min``, ``beta_max``).
@@ -243,6 +249,7 @@ class ProcessConfig:
     lattice_schedule: str = "linear"
     lattice_schedule_params: Params = Params()
     lattice_y_max: float = 1.0
+    lattice_layer_c: float = 0.0
 
     def __post_init__(self) -> None:
         _params_fields(self)
@@ -587,6 +594,7 @@ def _validate_lattice(cfg: Config, check) -> None:
     check(p.lattice_scale >= 0 and p.lattice_sigma >= 0,
           "process.lattice_scale and process.lattice_sigma must be >= 0 (0 = fitted on the data)")
     check(p.lattice_y_max > 0, "process.lattice_y_max must be > 0")
+    check(p.lattice_layer_c >= 0, "process.lattice_layer_c must be >= 0 Å (0 = bulk crystals, or fitted on layers)")
     check(cfg.sample.sampler in ("em", "ode"),
           f"sample.sampler={cfg.sample.sampler!r} is not available with process.lattice (em | ode)")
     from agedi_jax.lattice import make_lattice_sde
@@ -640,6 +648,13 @@ def preset(name: str) -> Config:
       structures far better below 0.25 Å and samples slightly more of them
       (``experiments/two_d/README.md``); with the linear schedule sample on a
       ``sample.grid=log`` grid.
+    * ``c2db_cell`` — ``c2db`` with the in-plane cell generated too (issue 18):
+      ``process.lattice=log`` on the layers (pbc T, T, F; the vacuum vector c along z never
+      moves), density-scaled prior on the area per atom fitted on the training split
+      (C2DB: c ≈ 1.80 Å, σ ≈ 0.27), ``lattice_y_max`` 1.2 (the training cells reach log
+      eigenvalues −1.06); samples a composition (and a layer group for guidance) without a
+      template cell. Same as ``--preset c2db --set process.lattice=log --set
+      process.lattice_y_max=1.2``.
     * ``perov5`` / ``carbon24`` — bulk crystals (issue 18): the cell diffuses with the
       fractional positions and the types (``process.lattice=log``, density-scaled prior
       fitted on the training split), PaiNN; sample a composition (crystal structure
@@ -680,6 +695,9 @@ def preset(name: str) -> Config:
             train=TrainConfig(steps=100_000, batch_size=32, learning_rate=1e-3, label_dropout=0.1),
             sample=SampleConfig(sampler="em", steps=500, guidance=1.0),
         )
+    if name == "c2db_cell":
+        base = dataclasses.replace(preset("c2db"), name="c2db_cell")
+        return replace(base, process={"lattice": "log", "lattice_y_max": 1.2})
     if name in ("perov5", "carbon24"):
         perov = name == "perov5"
         return Config(
@@ -692,7 +710,7 @@ def preset(name: str) -> Config:
             train=TrainConfig(steps=100_000, batch_size=32 if perov else 8, learning_rate=1e-3),
             sample=SampleConfig(sampler="em", steps=500, batch_size=32 if perov else 8),
         )
-    raise ValueError(f"unknown preset {name!r} (default | quickstart | qcd_gm | qcd_de200 | c2db | perov5 | carbon24)")
+    raise ValueError(f"unknown preset {name!r} (default | quickstart | qcd_gm | qcd_de200 | c2db | c2db_cell | perov5 | carbon24)")
 
 
-PRESETS = ("default", "quickstart", "qcd_gm", "qcd_de200", "c2db", "perov5", "carbon24")
+PRESETS = ("default", "quickstart", "qcd_gm", "qcd_de200", "c2db", "c2db_cell", "perov5", "carbon24")

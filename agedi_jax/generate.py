@@ -75,15 +75,30 @@ def _as_list(x, n: int | None = None) -> list:
     return list(x)
 
 
+def layer_model(model: DiffusionModel) -> bool:
+    """Whether a model of the cell (``process.lattice``) generates layers (pbc T, T, F:
+    ``process.lattice_layer_c > 0``) rather than bulk crystals."""
+    return model.lattice is not None and model.config.process.lattice_layer_c > 0
+
+
 def _blank(model: DiffusionModel, atoms: Any) -> Any:
     """A copy of ``atoms`` as a sampling template: for a model of the cell
-    (``process.lattice``) a bulk cell ``ℓ_N I`` (the prior's centre; the sampler draws the
-    cell and the fractional positions), else as it is."""
+    (``process.lattice``) the prior's centre cell — bulk: ``ℓ_N I``, ``ℓ_N = c N^{1/3}``;
+    layers: ``diag(ℓ_N, ℓ_N, c_z)``, ``ℓ_N = c N^{1/2}``, ``c_z`` =
+    ``process.lattice_layer_c``, pbc (T, T, F), atoms at ``z = c_z/2`` (the sampler draws
+    the cell, the fractional in-plane positions and z around that centre) — else as it is."""
     atoms = atoms.copy()
     if model.lattice is not None:
         n = max(len(atoms), 1)
-        atoms.set_cell(np.eye(3) * model.lattice.scale * n ** (1.0 / 3.0))
-        atoms.pbc = True
+        if layer_model(model):
+            c_z = float(model.config.process.lattice_layer_c)
+            ell = model.lattice.scale * n ** 0.5
+            atoms.set_cell(np.diag([ell, ell, c_z]))
+            atoms.pbc = (True, True, False)
+            atoms.positions = np.zeros((len(atoms), 3)) + np.array([0.0, 0.0, 0.5 * c_z])
+        else:
+            atoms.set_cell(np.eye(3) * model.lattice.scale * n ** (1.0 / 3.0))
+            atoms.pbc = True
     return atoms
 
 
@@ -141,9 +156,16 @@ def make_templates(
     else:
         reps = 1 if num_samples is None else int(num_samples)
         for k, a in enumerate(tmpl):
-            if model.lattice is not None and not np.all(a.pbc):
-                raise StructureError(f"template {k}: a model of the cell (process.lattice) needs bulk templates "
-                                     f"(pbc T, T, T), got pbc {tuple(bool(p) for p in a.pbc)}")
+            if model.lattice is not None:
+                try:
+                    dim = lattice_lib.check_cell_layout(a.cell[:], a.pbc, what=f"template {k}")
+                except ValueError as err:
+                    raise StructureError(str(err)) from None
+                want = 2 if layer_model(model) else 3
+                if dim != want:
+                    kinds = {2: "layers (pbc T, T, F)", 3: "bulk crystals (pbc T, T, T)"}
+                    raise StructureError(f"template {k}: this model of the cell generates {kinds[want]}, "
+                                         f"got one of the {kinds[dim].split(' (')[0]}")
             out += [a.copy() for _ in range(reps)]
             gen += [bool(generate_types) and model.config.model.types] * reps
     if generate_types is not None and not tmpl:
@@ -308,7 +330,7 @@ def _build_sampler(model: DiffusionModel, guided: bool, interpolate, cfg: Config
         else:  # cell from the density-scaled prior, fractional positions uniform
             state = samplers.prior_state(jax.random.fold_in(key, 0), template, None, mask_types=False)
             state = lattice_lib.crystal_prior_sample(jax.random.fold_in(key, 0), model.lattice, state,
-                                                     cfg.process.lattice_y_max)
+                                                     cfg.process.lattice_y_max, pos_sde=model.sde)
         free = jnp.asarray(state.node_mask) & ~jnp.asarray(state.fixed)
         types = jnp.where(free & generate_types[state.graph_index], MASK, state.types)
         return samplers.sample_start(state._replace(types=types.astype(state.types.dtype)), step)
@@ -800,6 +822,8 @@ def _check_windows(model: DiffusionModel, windows: list) -> None:
     heights = [float(w[1] - w[0]) for w in windows if w is not None]
     if not heights:
         return
+    if model.lattice is not None:
+        raise ValueError("a z window is not available for a model of the cell (process.lattice)")
     if model.sde is None:
         raise ValueError("a z window confines positions, but this model does not generate them (model.positions is off)")
     reach = float(model.sde.prior_std)

@@ -85,9 +85,18 @@ existing :func:`agedi_jax.sde.wrapped_normal_score` with the identity cell). Hel
 :func:`cart_to_frac`, :func:`frac_to_cart`, :func:`frac_score` (Cartesian gradients as
 fractional ones), :func:`wrap_frac`, :func:`batch_fractional`.
 
-Layers (pbc T, T, F) assume the package's convention for 2D materials: ``a`` and ``b``
-in the xy plane, ``c`` along z (a block-diagonal cell); the polar factors are then
-block-diagonal too, and only the 2×2 in-plane block diffuses.
+**Layers** (pbc T, T, F; 2D materials such as C2DB, generated without template cells)
+assume the package's convention: ``a`` and ``b`` in the xy plane, ``c = (0, 0, c_z)``,
+``c_z > 0`` (:func:`check_cell_layout` raises a named ``ValueError`` otherwise, and for
+any other partial periodicity). The polar factors are then block-diagonal
+(:func:`periodic_polar`: the vacuum row is kept bit for bit), only the 2×2 in-plane block
+of ``S`` diffuses (``d = 3``), the density prior uses the area per atom (``k = 2``,
+``ℓ_N = c √N``), Niggli reduction becomes the 2D Gauss–Lagrange reduction of ``(a, b)``
+with ``c`` untouched (:func:`reduce_cell`), and the edge templates have no images along
+z. Positions are mixed: fractional on the in-plane torus, ``z`` Cartesian with the usual
+zero-centre-of-mass VE noise (:func:`axis_lengths`, :func:`noise_fractional`,
+:func:`eps_to_fractional`, the sampler's z prior in :func:`crystal_prior_sample`).
+Preset ``c2db_cell``; ``experiments/two_d/README.md`` ("Generating the in-plane cell").
 
 **Wiring** (``process.lattice``): training noises the cell first
 (:func:`noise_cell`, then :func:`floor_cells`), then the fractional coordinates with
@@ -100,7 +109,7 @@ for the cell ``ℓ_N e^{−y_max} I`` (:func:`template_cell`), which covers ever
 eigenvalues :func:`floor_cells` keeps above that bound.
 
 Everything is a pure, jittable function of arrays except :func:`fit_lattice`,
-:func:`reduce_cell` and :func:`template_cell` (host). :class:`LatticeSDE` is a frozen NamedTuple of Python
+:func:`reduce_cell`, :func:`check_cell_layout` and :func:`template_cell` (host). :class:`LatticeSDE` is a frozen NamedTuple of Python
 numbers registered as a static pytree, like the position SDEs.
 """
 
@@ -115,7 +124,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agedi_jax.batch import AtomsBatch
-from agedi_jax.geometry import free_atoms, inv3, safe_cell
+from agedi_jax.geometry import free_atoms, inv3, remove_com, safe_cell
 from agedi_jax.keys import atom_keys, atom_normal
 from agedi_jax.sde import SDES, VPLinearSchedule, wrapped_normal_score
 
@@ -125,6 +134,7 @@ __all__ = [
     "sym",
     "sym_normal",
     "polar_decomposition",
+    "periodic_polar",
     "lattice_mask",
     "periodic_dim",
     "PARAMS",
@@ -163,11 +173,14 @@ __all__ = [
     "floor_cells",
     "template_cell",
     "gaussian_cell_eps",
+    "axis_lengths",
     "noise_fractional",
     "eps_to_fractional",
     "uniform_fractional",
     "crystal_prior_sample",
     "LatticeFit",
+    "LAYER_PBC",
+    "check_cell_layout",
     "reduce_cell",
     "fit_lattice",
 ]
@@ -217,6 +230,22 @@ def polar_decomposition(cell: Any, iters: int = 12) -> tuple[Array, Array]:
     r = x
     s = sym(cell @ jnp.swapaxes(r, -1, -2))
     return s, r
+
+
+def periodic_polar(cell: Any, mask: Any) -> tuple[Array, Array]:
+    """Polar decomposition ``L = S R`` of the periodic block of cells ``[..., 3, 3]`` (Å):
+    :func:`polar_decomposition` of the masked block (``mask`` a :func:`lattice_mask`
+    ``[..., 3, 3]``; identity elsewhere), with ``S`` taking the cell's own entries and
+    ``R`` the identity outside the block. For bulk (every entry masked) this is
+    :func:`polar_decomposition` itself; for a layer (pbc T, T, F) with ``a``, ``b`` in the
+    xy plane and ``c = (0, 0, c_z)``, ``c_z > 0``, it is the exact block-diagonal
+    decomposition ``S = diag(S₂, c_z)``, ``R = diag(R₂, 1)``: the vacuum axis is returned
+    bit for bit (no rounding of a 3×3 iteration leaks into it)."""
+    cell = jnp.asarray(cell)
+    mask = jnp.asarray(mask, bool)
+    eye = jnp.eye(3, dtype=cell.dtype)
+    s, r = polar_decomposition(jnp.where(mask, cell, eye))
+    return jnp.where(mask, s, cell), jnp.where(mask, r, eye)
 
 
 def lattice_mask(pbc: Any) -> Array:
@@ -575,7 +604,9 @@ def canonicalize(batch: AtomsBatch) -> tuple[AtomsBatch, Array]:
     first periodic lattice vector negated (a unimodular change of basis; that fractional
     coordinate changes sign), so the crystal is only *rotated* (``det R = +1``), never
     mirrored, and the vacuum axis of a layer keeps its direction. Graphs without periodic
-    axes are unchanged.
+    axes are unchanged. A layer (pbc T, T, F; ``a``, ``b`` in the xy plane, ``c`` along +z,
+    :func:`check_cell_layout`) is rotated about z only: its ``c`` row and every z
+    coordinate are kept exactly (:func:`periodic_polar`).
 
     Returns:
       ``(batch, R)``: ``R`` ``[g, 3, 3]`` the proper rotation with ``L' = S R``
@@ -591,7 +622,7 @@ def canonicalize(batch: AtomsBatch) -> tuple[AtomsBatch, Array]:
     left = jnp.linalg.det(safe) < 0
     flip = jnp.where(left[:, None] & (jnp.arange(3)[None, :] == first[:, None]), -1.0, 1.0).astype(cell.dtype)
     right = flip[:, :, None] * safe
-    s, r = polar_decomposition(right)
+    s, r = periodic_polar(right, lattice_mask(pbc))
     # Same Cartesian positions in the right-handed basis; with_cell then maps f' to f' S.
     flipped = batch._replace(cell=jnp.where(per[:, None, None], right, cell),
                              positions=jnp.asarray(batch.positions, cell.dtype))
@@ -674,11 +705,14 @@ def floor_cells(sde: LatticeSDE, batch: AtomsBatch, y_max: float) -> AtomsBatch:
     mask = graph_lattice_mask(batch)
     s = jnp.asarray(batch.cell, jnp.asarray(batch.positions).dtype)
     floor = cell_floor(sde, batch.n_node, mask, y_max).astype(s.dtype)
-    cap = length_scale(sde, batch.n_node, mask).astype(s.dtype) * float(np.exp(Y_CAP))
-    eye = jnp.eye(3, dtype=s.dtype)
-    w = jnp.linalg.eigvalsh(jnp.where(mask, s, eye))
+    ls = length_scale(sde, batch.n_node, mask).astype(s.dtype)
+    cap = ls * float(np.exp(Y_CAP))
+    # outside the periodic block (a layer's vacuum axis) a neutral ℓ_N, strictly inside the
+    # bounds, so that only the block's own eigenvalues decide and are clamped
+    neutral = jnp.where(mask, s, jnp.eye(3, dtype=s.dtype) * jnp.where(ls > 0, ls, 1.0)[:, None, None])
+    w = jnp.linalg.eigvalsh(neutral)
     bad = jnp.any(mask, (-1, -2)) & ((jnp.min(w, -1) < floor) | (jnp.max(w, -1) > cap))
-    clamped = _sym_fn(jnp.where(mask, s, eye), lambda v: jnp.clip(v, floor[..., None], cap[..., None]))
+    clamped = _sym_fn(neutral, lambda v: jnp.clip(v, floor[..., None], cap[..., None]))
     fixed = jnp.where(bad[:, None, None], jnp.where(mask, clamped, s), s)
     return with_cell(batch, fixed)
 
@@ -698,8 +732,7 @@ def gaussian_cell_eps(sde: LatticeSDE, batch: AtomsBatch, t: Any) -> Array:
     dtype = jnp.asarray(batch.positions).dtype
     cell, _ = safe_cell(batch, dtype)
     mask = graph_lattice_mask(batch)
-    per = jnp.any(mask, (-1, -2))
-    s, r = polar_decomposition(jnp.where(per[:, None, None], cell, jnp.eye(3, dtype=dtype)))
+    s, r = periodic_polar(cell, mask)
     s_right = sym(jnp.swapaxes(r, -1, -2) @ s @ r)
     n = batch.n_node
     y = cell_to_coords(sde, s_right, n, mask)
@@ -714,7 +747,9 @@ def template_cell(scale: float, n_atoms: int, pbc: Any, y_max: float) -> np.ndar
     """Host: the cell ``d_min I`` (Å) ``[3, 3]`` whose image range
     (:func:`agedi_jax.edges.image_range`) covers every cell with smallest eigenvalue
     ``≥ d_min = ℓ_N e^{−y_max}`` — every interplanar spacing of a symmetric cell is at
-    least its smallest eigenvalue. Build edge templates of diffusing cells with it."""
+    least its smallest eigenvalue. Build edge templates of diffusing cells with it. For a
+    layer (pbc T, T, F) ``ℓ_N = c √N`` and the image range is 0 along z (non-periodic
+    axes never get images), so the template's z entry only keeps it full rank."""
     pbc = np.asarray(pbc, bool)
     k = max(int(pbc.sum()), 1)
     d_min = float(scale) * max(int(n_atoms), 1) ** (1.0 / k) * float(np.exp(-y_max))
@@ -727,32 +762,59 @@ def _graph_length(sde: LatticeSDE, batch: AtomsBatch, dtype: Any) -> Array:
     return jnp.where(ls > 0, ls, 1.0)
 
 
+def axis_lengths(sde: LatticeSDE, batch: AtomsBatch, dtype: Any = None) -> Array:
+    """Length (Å) ``[g, 3]`` of one unit of each position coordinate the cell process
+    works in: ``ℓ_N`` along periodic axes (fractional coordinates on the torus, noise
+    ``σ_f = σ/ℓ_N``) and the cell's own diagonal entry ``L_ii`` along the non-periodic
+    axes of a periodic graph — ``c_z`` for the vacuum axis of a layer in the package's
+    convention (:func:`check_cell_layout`), whose fractional coordinate ``f_c = z/c_z`` is
+    the Cartesian ``z`` in units of ``c_z``, so a step of ``σ/c_z`` there is the usual
+    Cartesian step ``σ`` of the position SDE; 1 for graphs without periodic axes."""
+    dtype = jnp.asarray(batch.positions).dtype if dtype is None else dtype
+    ls = _graph_length(sde, batch, dtype)
+    cell, _ = safe_cell(batch, dtype)
+    diag = jnp.diagonal(cell, axis1=-2, axis2=-1)
+    pbc = jnp.asarray(batch.pbc, bool)
+    per = jnp.any(pbc, -1, keepdims=True)
+    return jnp.where(pbc, ls[:, None], jnp.where(per, diag, 1.0))
+
+
 def noise_fractional(key: Array, pos_sde: Any, sde: LatticeSDE, batch: AtomsBatch, t: Any) -> tuple[AtomsBatch, Array, Array]:
     """Noise the fractional coordinates of the free atoms on the torus at the batch's
     (already noised) cells: ``f_t = wrap(f_0 + σ_f ε)`` with the fractional standard
     deviation ``σ_f = σ(t)/ℓ_N`` (``σ(t)`` of the VE position SDE in Å, ``ℓ_N`` of the
     lattice process), positions ``x_t = f_t S``.
 
+    Along the vacuum axis of a layer (pbc T, T, F, :func:`check_cell_layout`) ``z`` is
+    noised in Cartesian coordinates as by the position SDE without a cell,
+    ``z_t = z_0 + σ(t) ε_z`` with ``ε_z`` projected onto the zero-centre-of-mass subspace
+    (:func:`agedi_jax.geometry.remove_com`), and its ε-target is that draw
+    (:func:`axis_lengths`).
+
     Returns:
       ``(batch_t, eps [n, 3], std_f [n])``: the ε-target ``−σ_f ·`` the wrapped-normal
-      score on the unit torus (:func:`fractional_wrapped_normal_score`; 0 on fixed and
-      padding atoms) and ``σ_f`` per atom (dimensionless).
+      score on the unit torus (:func:`fractional_wrapped_normal_score`) along periodic
+      axes and the projected Gaussian draw along a layer's z (0 on fixed and padding
+      atoms), and ``σ_f`` per atom (dimensionless, of the periodic axes).
     """
     x = jnp.asarray(batch.positions)
     dtype = x.dtype
     gi = batch.graph_index
     t_atom = _graph_times(batch, t, dtype)[gi]
-    std_f = pos_sde.std(t_atom) / _graph_length(sde, batch, dtype)[gi]
+    sigma = pos_sde.std(t_atom)
+    std_f = sigma / _graph_length(sde, batch, dtype)[gi]
+    std_axes = sigma[:, None] / axis_lengths(sde, batch, dtype)[gi]  # [n, 3]
     free = free_atoms(batch)
-    eps = jnp.where(free[:, None], atom_normal(key, batch, dtype), 0.0)
-    d = std_f[:, None] * eps
+    # zero-CoM projection along com axes (a layer's z; a no-op for bulk crystals)
+    eps = remove_com(batch, jnp.where(free[:, None], atom_normal(key, batch, dtype), 0.0))
+    d = std_axes * eps
     pbc = jnp.asarray(batch.pbc, bool)[gi]
     f0 = batch_fractional(batch)
     f_t = jnp.where(free[:, None], wrap_frac(f0 + d, pbc), f0)
     cell = jnp.asarray(batch.cell, dtype)[gi]
     x_t = jnp.where(jnp.asarray(batch.node_mask, bool)[:, None], frac_to_cart(f_t, cell), x)
     ws = jax.lax.stop_gradient(fractional_wrapped_normal_score(d, std_f, pbc))
-    target = jnp.where(free[:, None], -std_f[:, None] * ws, 0.0)
+    target = jnp.where(free[:, None], jnp.where(pbc, -std_f[:, None] * ws, eps), 0.0)
     return batch._replace(positions=x_t), target, std_f
 
 
@@ -760,11 +822,14 @@ def eps_to_fractional(eps_x: Any, batch: AtomsBatch, sde: LatticeSDE) -> Array:
     """A network's Cartesian noise prediction ``ε̂_x`` ``[n, 3]`` (dimensionless, score
     ``−ε̂_x/σ``) as the fractional one ``ε̂_f = ε̂_x S/ℓ_N`` (score ``−ε̂_f/σ_f``, ``σ_f =
     σ/ℓ_N``): the Cartesian score ``s_x`` is the fractional ``s_f = s_x Sᵀ``
-    (:func:`frac_score`) on the batch's cells ``S``."""
+    (:func:`frac_score`) on the batch's cells ``S``. Along the non-periodic axis of a
+    layer (z, Cartesian there: :func:`noise_fractional`) ``ε̂_x`` itself; for a
+    block-diagonal layer cell the in-plane entries only involve ``ε̂_x``'s in-plane ones."""
     eps_x = jnp.asarray(eps_x)
     gi = batch.graph_index
     ls = _graph_length(sde, batch, eps_x.dtype)[gi]
-    return frac_score(eps_x, jnp.asarray(batch.cell, eps_x.dtype)[gi]) / ls[:, None]
+    frac = frac_score(eps_x, jnp.asarray(batch.cell, eps_x.dtype)[gi]) / ls[:, None]
+    return jnp.where(jnp.asarray(batch.pbc, bool)[gi], frac, eps_x)
 
 
 def uniform_fractional(key: Array, batch: AtomsBatch) -> AtomsBatch:
@@ -782,13 +847,27 @@ def uniform_fractional(key: Array, batch: AtomsBatch) -> AtomsBatch:
     return batch._replace(positions=new)
 
 
-def crystal_prior_sample(key: Array, sde: LatticeSDE, batch: AtomsBatch, y_max: float) -> AtomsBatch:
+def crystal_prior_sample(key: Array, sde: LatticeSDE, batch: AtomsBatch, y_max: float,
+                         pos_sde: Any = None) -> AtomsBatch:
     """The sampler's prior: cells from :func:`cell_prior_sample` (floored,
     :func:`floor_cells`), then fractional positions uniform on the torus
-    (:func:`uniform_fractional`); keys ``fold_in(key, 0 / 1)``."""
+    (:func:`uniform_fractional`); keys ``fold_in(key, 0 / 1)``. With the position SDE
+    ``pos_sde``, the free atoms' non-periodic coordinates of periodic graphs (z of a
+    layer) are drawn from its prior (:func:`agedi_jax.sde.prior_sample`: the template's
+    centre of mass plus ``σ(1)`` times a zero-CoM normal draw; key ``fold_in(key, 2)``);
+    without it they keep the template's (bulk crystals have none)."""
     state = cell_prior_sample(jax.random.fold_in(key, 0), sde, batch)
     state = floor_cells(sde, state, y_max)
-    return uniform_fractional(jax.random.fold_in(key, 1), state)
+    state = uniform_fractional(jax.random.fold_in(key, 1), state)
+    if pos_sde is None:
+        return state
+    from agedi_jax.sde import prior_sample
+
+    drawn = jnp.asarray(prior_sample(jax.random.fold_in(key, 2), pos_sde, state).positions)
+    gi = state.graph_index
+    pbc = jnp.asarray(state.pbc, bool)[gi]
+    vac = ~pbc & jnp.any(pbc, -1, keepdims=True) & free_atoms(state)[:, None]
+    return state._replace(positions=jnp.where(vac, drawn, jnp.asarray(state.positions)))
 
 
 # --------------------------------------------------------------------------------------
@@ -828,10 +907,79 @@ class LatticeFit(NamedTuple):
         return out
 
 
+LAYER_PBC = (True, True, False)
+"""Periodicity of a layer (2D material) whose in-plane cell a model of the cell generates."""
+
+
+def check_cell_layout(cell: Any, pbc: Any, what: str = "structure", rtol: float = 1e-6) -> int:
+    """Host: that a structure's cell can diffuse (``process.lattice``) and its number
+    ``k`` of periodic axes: 3 for a bulk crystal (pbc T, T, T) with a full-rank cell, 2
+    for a layer (pbc T, T, F) in the package's 2D convention — ``a`` and ``b`` in the xy
+    plane (zero z components), ``c = (0, 0, c_z)`` with ``c_z > 0`` (Å; the vacuum axis,
+    which never moves) and a full-rank in-plane block. Tolerances are ``rtol`` times the
+    largest cell entry.
+
+    Raises:
+      ValueError naming ``what`` and the problem for any other periodicity (clusters,
+      wires, a layer periodic along another pair of axes) or a layer in another frame.
+    """
+    cell = np.asarray(cell, np.float64)
+    pbc_t = tuple(bool(p) for p in np.asarray(pbc, bool).reshape(-1))
+    if cell.shape != (3, 3) or len(pbc_t) != 3:
+        raise ValueError(f"{what}: expected a [3, 3] cell and 3 pbc flags, got {cell.shape} and {len(pbc_t)}")
+    shown = "(" + ", ".join("T" if p else "F" for p in pbc_t) + ")"
+    if not np.all(np.isfinite(cell)):
+        raise ValueError(f"{what}: the cell has non-finite entries")
+    tol = rtol * max(float(np.abs(cell).max()), 1e-12)
+    if pbc_t == (True, True, True):
+        if abs(np.linalg.det(cell)) <= 1e-8 * np.prod(np.linalg.norm(cell, axis=1)):
+            raise ValueError(f"{what}: a bulk crystal needs a full-rank cell, got det = {np.linalg.det(cell):.3g} Å³")
+        return 3
+    if pbc_t != LAYER_PBC:
+        raise ValueError(
+            f"{what}: process.lattice needs bulk crystals (pbc T, T, T) or layers (pbc T, T, F, the vacuum "
+            f"along z); got pbc {shown}"
+        )
+    problems = []
+    if max(abs(cell[0, 2]), abs(cell[1, 2])) > tol:
+        problems.append(f"a and b must lie in the xy plane (their z components are {cell[0, 2]:.3g}, {cell[1, 2]:.3g} Å)")
+    if max(abs(cell[2, 0]), abs(cell[2, 1])) > tol or not cell[2, 2] > tol:
+        problems.append(f"c must point along +z (c = ({cell[2, 0]:.3g}, {cell[2, 1]:.3g}, {cell[2, 2]:.3g}) Å)")
+    if abs(np.linalg.det(cell[:2, :2])) <= 1e-8 * np.prod(np.linalg.norm(cell[:2, :2], axis=1)):
+        problems.append("a and b must span the plane (in-plane area 0)")
+    if problems:
+        raise ValueError(f"{what}: a layer (pbc T, T, F) for process.lattice needs a and b in the xy plane and c "
+                         f"along +z (the package's 2D convention): " + "; ".join(problems))
+    return 2
+
+
+def _reduce_layer(cell: np.ndarray) -> np.ndarray:
+    """Host: the 2D analogue of Niggli reduction for a layer in the package's convention:
+    Gauss–Lagrange reduction of ``(a, b)`` (``|a| ≤ |b|``, ``|a·b| ≤ |a|²/2``: the
+    shortest basis of the 2D lattice), then ``a`` negated if ``a × b`` points along −z
+    (the bulk rule: the first periodic vector of a left-handed basis is negated); ``c``
+    untouched."""
+    a, b = cell[0, :2].copy(), cell[1, :2].copy()
+    for _ in range(1000):
+        if b @ b < a @ a:
+            a, b = b, a
+        m = np.round((a @ b) / (a @ a))
+        if m == 0:
+            break
+        b = b - m * a
+    if a[0] * b[1] - a[1] * b[0] < 0:
+        a = -a
+    out = cell.copy()
+    out[0, :2], out[1, :2] = a, b
+    return out
+
+
 def reduce_cell(cell: Any, pbc: Any) -> np.ndarray:
-    """Host: a reduced basis ``[3, 3]`` of the same lattice (Niggli for bulk; Minkowski
-    along the periodic axes otherwise), right-handed. The polar factor ``S`` of a reduced
-    cell is as close to isotropic as the lattice allows."""
+    """Host: a reduced basis ``[3, 3]`` of the same lattice, right-handed: Niggli for bulk;
+    for a layer (pbc T, T, F, :func:`check_cell_layout`) the 2D Gauss–Lagrange reduction
+    of the in-plane vectors with ``c`` untouched (:func:`_reduce_layer`); Minkowski along
+    the periodic axes otherwise. The polar factor ``S`` of a reduced cell is as close to
+    isotropic as the lattice allows."""
     from ase.cell import Cell
     from ase.geometry import minkowski_reduce
 
@@ -839,6 +987,8 @@ def reduce_cell(cell: Any, pbc: Any) -> np.ndarray:
     pbc = np.asarray(pbc, bool)
     if pbc.all():
         red = np.asarray(Cell(cell).niggli_reduce()[0][:])
+    elif tuple(bool(p) for p in pbc) == LAYER_PBC and np.allclose(cell[:2, 2], 0.0) and np.allclose(cell[2, :2], 0.0):
+        return _reduce_layer(cell)  # right-handed in plane, c along +z kept
     elif pbc.any():
         red = np.asarray(minkowski_reduce(cell, pbc=pbc)[0])
     else:

@@ -32,7 +32,9 @@ above the template's floor), then the fractional coordinates on the torus
 Cartesian output, read as a fractional noise prediction
 (:func:`agedi_jax.lattice.eps_to_fractional`), with the fractional wrapped-normal target,
 and ``λ_L`` times the mean over periodic graphs of ``‖ε̂_L − ε_L‖²_F`` (the masked
-entries of the lattice-coordinate noise) is added.
+entries of the lattice-coordinate noise) is added. **Layers** (pbc T, T, F) the same way
+on their in-plane cell (3 entries) and in-plane fractional coordinates, with ``z``
+noised and compared in Cartesian coordinates as without a cell (zero-CoM Gaussian target).
 
 **A learned force field** (``energy_fn``, :mod:`agedi_jax.forcefield`) adds
 ``λ_E L_E + λ_F L_F`` on the clean batch's energy and force labels.
@@ -94,7 +96,8 @@ class LossConfig:
         :func:`joint_loss` is given an ``energy_fn``).
       energy_scale: eV; the force-field errors are divided by it (per atom / per Å).
       lattice: :class:`~agedi_jax.lattice.LatticeSDE` to diffuse the cell too (bulk
-        crystals; needs a periodic position SDE, VE), or None (the cell is fixed).
+        crystals, or the in-plane cell of layers; needs a periodic position SDE, VE), or
+        None (the cell is fixed).
       lambda_lattice: weight λ_L of the lattice term.
       lattice_y_max: eigenvalue floor ``ℓ_N e^{−y_max}`` of the noised cells
         (:func:`agedi_jax.lattice.floor_cells`).

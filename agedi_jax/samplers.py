@@ -354,8 +354,8 @@ class Joint(NamedTuple):
 
 
 class LatticeJoint(NamedTuple):
-    """Cell, fractional positions (and types) of bulk crystals stepped together from one
-    score call (:mod:`agedi_jax.lattice`).
+    """Cell, fractional positions (and types) of bulk crystals and layers stepped together
+    from one score call (:mod:`agedi_jax.lattice`).
 
     With ``h = t − t_next`` and the scores at ``(S_t, f_t, z_t, t)``:
 
@@ -369,6 +369,9 @@ class LatticeJoint(NamedTuple):
        ``f ← f + h g_f² s_f + sqrt(h g_f²) z``, ``g_f² = g²/ℓ_N²``, the fractional score
        ``s_f = s_x Sᵀ`` (:func:`~agedi_jax.lattice.frac_score` of the Cartesian score on the
        cell it was evaluated at), wrapped, then placed in the new cell (``x = f S'``).
+       Along the vacuum axis of a layer (pbc T, T, F) the same formulas with ``c_z`` in
+       place of ``ℓ_N`` (:func:`~agedi_jax.lattice.axis_lengths`) are the Cartesian
+       reverse VE step of ``z`` with the zero-CoM score and noise; ``c`` never moves.
 
     Keys: score ``fold_in(key, 0)``, position noise ``1``, types ``2``, cell noise ``4``."""
 
@@ -409,16 +412,16 @@ class LatticeJoint(NamedTuple):
             e = jnp.where(mask, lat.sym_normal(jax.random.fold_in(key, _CELL), (state.num_graphs,), dtype), 0.0)
             y = y + jnp.sqrt(h * gg)[:, None, None] * e
         new_cell = jnp.where(mask, lat.coords_to_cell(self.lattice, y, n, mask), cell)
-        # fractional positions (score evaluated on the old cell)
-        ls = lat.length_scale(self.lattice, n, mask).astype(dtype)
-        ls = jnp.where(ls > 0, ls, 1.0)[gi]
+        # fractional positions (score evaluated on the old cell); per axis: ℓ_N along periodic
+        # axes, c_z along a layer's z (there the step is the Cartesian VE step, zero-CoM)
+        ls = lat.axis_lengths(self.lattice, state, dtype)[gi]
         gf2 = self.sde.g2(jnp.asarray(t, dtype)) / (ls * ls)
         s_f = lat.frac_score(s_x, cell[gi])
         f = lat.batch_fractional(state)
         factor = 0.5 if self.probability_flow else 1.0
-        df = h * factor * gf2[:, None] * s_f
+        df = h * factor * gf2 * s_f
         if not self.probability_flow:
-            df = df + jnp.sqrt(h * gf2)[:, None] * _noise(jax.random.fold_in(key, _POS), state)
+            df = df + jnp.sqrt(h * gf2) * _noise(jax.random.fold_in(key, _POS), state)
         free = free_atoms(state)
         pbc = jnp.asarray(state.pbc, bool)[gi]
         f = jnp.where(free[:, None], lat.wrap_frac(f + df, pbc), f)
@@ -542,7 +545,7 @@ def make_step(sde: SDE | None, process: discrete.AbsorbingProcess | None, option
     """The step of the configured samplers — the one construction point of sampler steps:
     ``options.sampler`` for positions (when ``sde`` is given), ``options.type_sampler`` for
     types (when ``process`` is given), :func:`joint` when both are modelled. With a
-    ``lattice`` process (bulk crystals) the step is :class:`LatticeJoint` (``sampler``
+    ``lattice`` process (bulk crystals, layers) the step is :class:`LatticeJoint` (``sampler``
     "em", or "ode" for its probability-flow form) with the type step inside."""
     if lattice is not None:
         if sde is None:

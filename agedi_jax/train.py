@@ -232,29 +232,55 @@ def prepare_data(config: Config, dataset=None) -> PreparedData:
 def prepare_lattice(config: Config, structures: list, train_idx) -> tuple[list, Config]:
     """For a model of the cell (``process.lattice``): every structure Niggli-reduced
     (:func:`agedi_jax.lattice.reduce_cell`, positions wrapped into the new cell; the same
-    crystal) and, where ``process.lattice_scale`` / ``lattice_sigma`` are 0, the
-    density-scaled prior fitted on the training structures
-    (:func:`agedi_jax.lattice.fit_lattice`) and stored in the config."""
-    from agedi_jax.lattice import fit_lattice, reduce_cell
+    crystal; for layers the 2D reduction of the in-plane basis, ``c`` untouched) and,
+    where ``process.lattice_scale`` / ``lattice_sigma`` are 0, the density-scaled prior
+    fitted on the training structures (:func:`agedi_jax.lattice.fit_lattice`; volume per
+    atom for bulk, area per atom for layers) and stored in the config; for layers also
+    ``process.lattice_layer_c`` (the median ``c_z`` of the training layers, Å) when 0.
 
-    bad = [k for k, a in enumerate(structures) if not np.all(a.pbc)]
-    if bad:
+    The structures must be all bulk crystals (pbc T, T, T) or all layers (pbc T, T, F) in
+    the package's 2D convention (:func:`agedi_jax.lattice.check_cell_layout`); anything
+    else raises ``ValueError`` naming the first offending structure."""
+    from agedi_jax.lattice import check_cell_layout, fit_lattice, reduce_cell
+
+    periodic = [k for k, a in enumerate(structures) if np.any(a.pbc)]
+    if len(periodic) < len(structures):
+        bad = [k for k in range(len(structures)) if k not in set(periodic)]
         raise ValueError(
-            f"process.lattice needs bulk crystals (pbc T, T, T): {len(bad)} of {len(structures)} structures are not, "
-            f"e.g. structure {bad[0]}"
+            f"process.lattice needs bulk crystals (pbc T, T, T) or layers (pbc T, T, F): {len(bad)} of "
+            f"{len(structures)} structures have no periodic axis, e.g. structure {bad[0]}"
         )
+    dims = [check_cell_layout(a.cell[:], a.pbc, what=f"structure {k}") for k, a in enumerate(structures)]
+    if len(set(dims)) > 1:
+        first = dims.index(2)
+        raise ValueError(
+            f"process.lattice: the data mix bulk crystals and layers (e.g. structure {first} is a layer); "
+            "train a model of one kind"
+        )
+    layers = dims[0] == 2
+    from agedi_jax.surfaces import Z_WINDOW_KEY
+
+    windowed = [k for k, a in enumerate(structures) if a.info.get(Z_WINDOW_KEY) is not None]
+    if windowed:
+        raise ValueError(f"process.lattice: structure {windowed[0]} has a z window ({Z_WINDOW_KEY}); a model of the "
+                         "cell does not confine atoms")
+    p = config.process
+    if not layers and p.lattice_layer_c > 0:
+        raise ValueError(f"process.lattice_layer_c={p.lattice_layer_c} is for layers, but the data are bulk crystals")
     reduced = []
     for a in structures:
         b = a.copy()
         b.set_cell(reduce_cell(np.asarray(a.cell[:]), a.pbc), scale_atoms=False)
         b.wrap()
         reduced.append(b)
-    p = config.process
     if not (p.lattice_scale > 0 and p.lattice_sigma > 0):
         fit = fit_lattice([reduced[i] for i in train_idx], reduce=False)
         sigma = fit.sigma_log if p.lattice == "log" else fit.sigma_linear
         config = replace(config, process={"lattice_scale": p.lattice_scale or round(fit.scale, 5),
                                           "lattice_sigma": p.lattice_sigma or round(sigma, 5)})
+    if layers and not p.lattice_layer_c > 0:
+        c_z = float(np.median([reduced[i].cell[2, 2] for i in train_idx]))
+        config = replace(config, process={"lattice_layer_c": round(c_z, 4)})
     return reduced, config
 
 

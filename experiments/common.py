@@ -8,6 +8,12 @@ Scripts are modules of the ``experiments`` package, run from the repository root
 
 The real data live outside the repository: ``$AGEDI_JAX_DATA`` if set, else
 ``../shared/data`` beside the checkout (:func:`data_root`).
+
+This module imports only the standard library and numpy at module level (the package is
+imported inside the functions that need it): the PyTorch sides of
+``benchmarks/original_agedi.py`` and ``benchmarks/torch_reference.py`` run under another
+interpreter that has neither agedi_jax nor this repository on its path, and load this file by
+path (``runpy.run_path``) for :func:`timed`.
 """
 
 from __future__ import annotations
@@ -20,12 +26,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from agedi_jax.results import json_default
-
 REPO = Path(__file__).resolve().parents[1]
 """The repository root."""
 
-__all__ = ["REPO", "data_root", "data_path", "timed", "pyplot", "write_json"]
+__all__ = ["REPO", "data_root", "data_path", "timed", "pyplot", "save_figure", "write_json"]
 
 
 def data_root() -> Path:
@@ -83,8 +87,20 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out ``fig``, save it to ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
 def write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as indented JSON atomically (temporary file, then rename)."""
+    from agedi_jax.results import json_default
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

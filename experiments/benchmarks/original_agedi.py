@@ -22,14 +22,16 @@ functions and cutoff 6 Å; positions only by default (the original's model then 
 180,061 parameters the issue quotes), positions + types (6 elements) with ``--types``.
 
 * original (``--side original``, run with the scratch interpreter as a file path; imports
-  nothing of this repository): the model from ``agedi.create_diffusion`` (PaiNN backend of
-  SchNetPack; its default position noiser and SDE), the batch from ``agedi.create_dataset``
-  (one batch of 64). Training step: ``Agedi.loss`` (time draw, forward noising, neighbour-list
-  rebuild, score model, loss) + ``backward`` + the AdamW step of ``configure_optimizers``
-  (what Lightning runs per step, without its loop and logging). Sampling step:
-  ``EulerMaruyamaSampler.step`` under ``torch.no_grad`` at t = 0.05 (score model, denoising
-  update, wrap, neighbour-list rebuild), chained as in sampling. Network forward: the score
-  model alone under ``no_grad``. 500-step sampling: ``agedi.sample`` of 64 Pt13 (one batch).
+  nothing of this repository but ``timed`` of ``experiments/common.py``, loaded from the file,
+  which needs only the standard library and numpy): the model from ``agedi.create_diffusion``
+  (PaiNN backend of SchNetPack; its default position noiser and SDE), the batch from
+  ``agedi.create_dataset`` (one batch of 64). Training step: ``Agedi.loss`` (time draw,
+  forward noising, neighbour-list rebuild, score model, loss) + ``backward`` + the AdamW step
+  of ``configure_optimizers`` (what Lightning runs per step, without its loop and logging).
+  Sampling step: ``EulerMaruyamaSampler.step`` under ``torch.no_grad`` at t = 0.05 (score
+  model, denoising update, wrap, neighbour-list rebuild), chained as in sampling. Network
+  forward: the score model alone under ``no_grad``. 500-step sampling: ``agedi.sample`` of
+  64 Pt13 (one batch).
 * jax (``--side jax``, the project's venv): the benchmark model of ``run_all.py``
   (``benchmark_config("painn")`` with ``model.num_basis=30``) on the exact padding of the
   same batch: the jitted training step, one joint sampling step at t = 0.05 alone, the network
@@ -117,28 +119,17 @@ def pairs_within(positions, cutoff: float = CUTOFF) -> int:
 
 
 # --------------------------------------------------------------------------------------
-# The original (scratch interpreter; nothing of this repository is imported)
+# The original (scratch interpreter; nothing of this repository is imported but common.timed)
 # --------------------------------------------------------------------------------------
 
 
-def _timed_plain(fn, repeats: int, warmup: int) -> dict:
-    """The fields of ``experiments.common.timed`` (ms), self-contained for the other Python."""
-    first = None
-    for i in range(max(warmup, 0)):
-        t0 = time.perf_counter()
-        fn()
-        if i == 0:
-            first = 1e3 * (time.perf_counter() - t0)
-    l0 = _load()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        c0, t0 = time.process_time(), time.perf_counter()
-        fn()
-        wall.append(1e3 * (time.perf_counter() - t0))
-        cpu.append(1e3 * (time.process_time() - c0))
-    q = statistics.quantiles(wall, n=4, method="inclusive") if len(wall) > 1 else [wall[0]] * 3
-    return {"median": float(statistics.median(wall)), "p25": float(q[0]), "p75": float(q[2]), "min": float(min(wall)),
-            "cpu_median": float(statistics.median(cpu)), "repeats": repeats, "first_ms": first, "load": [l0, _load()]}
+def common_timed():
+    """:func:`experiments.common.timed`, from the file: the original side runs outside the
+    repository (``python -I``, a neutral cwd), so ``experiments`` is not importable there;
+    ``common.py`` needs only the standard library and numpy to load."""
+    import runpy
+
+    return runpy.run_path(str(HERE.parent / "common.py"))["timed"]
 
 
 def run_original(args) -> dict:
@@ -154,6 +145,8 @@ def run_original(args) -> dict:
     import agedi
     from agedi import EulerMaruyamaSampler, create_dataset, create_diffusion
     from ase import Atoms
+
+    timed = common_timed()
 
     out: dict = {"side": "original", "threads": args.threads, "torch_threads": torch.get_num_threads(),
                  "torch_interop_threads": torch.get_num_interop_threads(), "versions": versions_original(),
@@ -181,7 +174,7 @@ def run_original(args) -> dict:
         loss.backward()
         optimizer.step()
 
-    out["train_step_ms"] = _timed_plain(train_once, args.repeats, args.warmup)
+    out["train_step_ms"] = timed(train_once, args.repeats, args.warmup)
     edges = []
     with torch.no_grad():  # edges of the noised training batches (t ~ U(eps, 1)), outside the timing
         for _ in range(16):
@@ -212,7 +205,7 @@ def run_original(args) -> dict:
             b.add_batch_attr("time", torch.full((n, 1), T_LATE), type="node")
             holder["b"] = sampler.step(b, dt, False)
 
-    out["sample_step_ms"] = _timed_plain(step_once, args.repeats, args.warmup)
+    out["sample_step_ms"] = timed(step_once, args.repeats, args.warmup)
     out["sample_state_edges_end"] = int(holder["b"].edge_index.shape[1])
 
     # the network alone
@@ -220,7 +213,7 @@ def run_original(args) -> dict:
         with torch.no_grad():
             diffusion.score_model(holder["b"])
 
-    out["forward_ms"] = _timed_plain(forward_once, args.repeats, args.warmup)
+    out["forward_ms"] = timed(forward_once, args.repeats, args.warmup)
 
     if args.sample_runs > 0:
         import contextlib

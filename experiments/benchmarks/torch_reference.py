@@ -37,6 +37,7 @@ driver (load this file with importlib; it imports without torch and then returns
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -330,19 +331,21 @@ def em_step(model, x, z, t: float, dt: float, n_per: int, gen) -> "torch.Tensor"
 # --------------------------------------------------------------------------- measurement
 
 
+@functools.cache
+def _common_timed() -> Callable[..., dict]:
+    """:func:`experiments.common.timed`, from the file: this one also runs under the original's
+    interpreter as a file path, outside the repository, where ``experiments`` is not importable
+    (``common.py`` needs only the standard library and numpy to load)."""
+    import runpy
+
+    return runpy.run_path(str(Path(__file__).resolve().parents[1] / "common.py"))["timed"]
+
+
 def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> dict:
-    for _ in range(warmup):
-        fn()
-    times, cpu = [], []
-    for _ in range(repeats):
-        c0, t0 = time.process_time(), time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - t0))
-        cpu.append(1e3 * (time.process_time() - c0))
-    q = np.percentile(times, [25, 50, 75])
-    # process CPU time (all threads) is far less sensitive than wall time to other jobs
-    return {"median": float(q[1]), "p25": float(q[0]), "p75": float(q[2]), "min": float(min(times)),
-            "cpu_median": float(np.median(cpu))}
+    """Milliseconds of ``repeats`` calls after ``warmup``: median, quartiles, min, and the
+    median process CPU time (all threads; far less sensitive than wall time to other jobs)."""
+    res = _common_timed()(fn, repeats, warmup)
+    return {k: res[k] for k in ("median", "p25", "p75", "min", "cpu_median")}
 
 
 def rss_mb() -> float:

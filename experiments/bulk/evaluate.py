@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import REPO, pyplot, write_json
+from experiments.common import REPO, pyplot, save_figure, write_json
 
 HERE = Path(__file__).resolve().parent
 
@@ -265,9 +265,7 @@ def plot_sweep(name: str, results: dict) -> None:
     ax2.set_ylabel("RMSE of the matches", color="C1")
     ax.set_title(f"{name}: CSP, first {pts[0]['n']} val structures", fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(HERE / "results" / f"{name}_match_vs_steps.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, HERE / "results" / f"{name}_match_vs_steps.png", dpi=120)
 
 
 def replot(name: str = "perov5") -> None:
@@ -286,9 +284,7 @@ def _plots(name: str, results: dict, ref: list, gen: list, mr: dict) -> None:
     ax.set_xlabel("normalised RMS displacement (matched)")
     ax.set_ylabel("structures")
     ax.set_title(f"{name}: {int(np.isfinite(rms).sum())}/{len(rms)} matched")
-    fig.tight_layout()
-    fig.savefig(out / f"{name}_rmse_hist.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / f"{name}_rmse_hist.png", dpi=120)
     # a few generated cells next to their references: 3 matched, 2 unmatched
     from ase.visualize.plot import plot_atoms
 
@@ -305,9 +301,7 @@ def _plots(name: str, results: dict, ref: list, gen: list, mr: dict) -> None:
             ax.set_axis_off()
             tag = f"rms {rms[i]:.3f}" if np.isfinite(rms[i]) else "no match"
             ax.set_title(f"{label} {_formula(ref[i])}\n{tag}" if r == 0 else f"{label}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / f"{name}_structures.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / f"{name}_structures.png")
 
 
 if __name__ == "__main__":

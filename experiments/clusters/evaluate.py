@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.clusters import settings
+from experiments.common import save_figure
 
 PROTOCOLS = {
     "paper": dict(element_agnostic=False, num_clusters=20),
@@ -92,9 +93,7 @@ def figures(results: Path, protocols) -> None:
             z = np.load(results / "eval" / f"{subset}_{name}" / "prd_curves.npz")
             c = {str(k): (p, r) for k, p, r in zip(z["names"], z["precision"], z["recall"])}
             plot_prd_curves({"AGeDi": c.pop("AGeDi")}, baselines=c, ax=ax, title=f"{TITLES[subset]} — {name} SOAP")
-        fig.tight_layout()
-        fig.savefig(results / f"prd_{name}.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, results / f"prd_{name}.png")
     have = [s for s in subsets if (results / "eval" / f"{s}_tsne.npz").exists()]
     if have:
         fig, axes = plt.subplots(2, len(have), figsize=(5 * len(have), 10), squeeze=False)
@@ -109,9 +108,7 @@ def figures(results: Path, protocols) -> None:
                 what = "species-resolved SOAP" if kind == "paper" else "element-agnostic SOAP"
                 ax.set_title(f"{TITLES[subset]}: t-SNE, {what}", fontsize=10)
                 ax.legend(fontsize=8, markerscale=2, frameon=False)
-        fig.tight_layout()
-        fig.savefig(results / "tsne.png", dpi=100)
-        plt.close(fig)
+        save_figure(fig, results / "tsne.png", dpi=100)
     # the sample files are not committed (size): plot the subsets whose samples are here
     subsets = [s for s in subsets if (results / f"samples_{s}.extxyz").exists()]
     if subsets:
@@ -132,9 +129,7 @@ def figures(results: Path, protocols) -> None:
             ax.set_xlabel("shortest interatomic distance (Å)")
             ax.set_title(TITLES[subset])
             ax.legend(fontsize=8, frameon=False)
-        fig.tight_layout()
-        fig.savefig(results / "min_distance.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, results / "min_distance.png")
 
 
 def main(argv=None) -> int:

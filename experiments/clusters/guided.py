@@ -64,7 +64,16 @@ import numpy as np
 
 from experiments.clusters import settings
 from experiments.clusters.decorated_baseline import decorated
-from experiments.clusters.interpolate import SYSTEMS, qcd_clusters, relax_all, single_points, stats
+from experiments.clusters.interpolate import (
+    SYSTEMS,
+    qcd_clusters,
+    reference_energies,
+    relaxed_formation_energies,
+    single_points,
+    stats,
+    system_title,
+)
+from experiments.common import save_figure
 
 SCALES = (0.0, 0.25, 0.5, 1.0, 2.0)
 POTENTIALS = ("emt", "learned")
@@ -263,12 +272,6 @@ def check_against_sample_atoms(model, params, a: str, b: str, n: int) -> dict:
 # --------------------------------------------------------------------------------------
 
 
-def formation(structs, energies, refs) -> np.ndarray:
-    from agedi_jax.evaluation import formation_energy
-
-    return np.array([formation_energy(e, s.get_chemical_symbols(), refs) for s, e in zip(structs, energies)])
-
-
 def weighted_median(values, weights) -> float:
     order = np.argsort(values)
     v, w = np.asarray(values)[order], np.asarray(weights, float)[order]
@@ -316,7 +319,11 @@ def distinct_minima(structs, f_form, tol: float = 1e-3) -> float:
 def baselines(a: str, b: str, n: int, comps: set, gm: dict, refs: dict, per_comp: int, seed: int) -> dict:
     """RSS and decorated-GM clusters for every composition (number of B atoms) in ``comps``."""
     from agedi_jax.evaluation import random_cluster
-    from agedi_jax.evaluation.energetics import relax_many
+
+    def scored(starts, nb, t0) -> dict:
+        relaxed, _, f, conv = relaxed_formation_energies(starts, refs)
+        return dict(structures=relaxed, f=f, nb=np.asarray(nb), converged=conv,
+                    seconds=round(time.perf_counter() - t0, 1))
 
     out = {}
     t0 = time.perf_counter()
@@ -325,9 +332,7 @@ def baselines(a: str, b: str, n: int, comps: set, gm: dict, refs: dict, per_comp
         for k in range(per_comp):
             starts.append(random_cluster({a: n - n_b, b: n_b}, np.random.default_rng([seed, n_b, k]), min_distance=2.0))
             nb.append(n_b)
-    relaxed, e, conv = relax_many(starts)
-    out["rss"] = dict(structures=relaxed, f=formation(relaxed, e, refs), nb=np.asarray(nb), converged=conv,
-                      seconds=round(time.perf_counter() - t0, 1))
+    out["rss"] = scored(starts, nb, t0)
     t0 = time.perf_counter()
     rng = np.random.default_rng([seed, 1])
     starts, nb = [], []
@@ -335,9 +340,7 @@ def baselines(a: str, b: str, n: int, comps: set, gm: dict, refs: dict, per_comp
         for _ in range(per_comp):
             starts.append(decorated(gm[a][0], a, b, n_b, rng) if n_b <= n / 2 else decorated(gm[b][0], b, a, n - n_b, rng))
             nb.append(n_b)
-    relaxed, e, conv = relax_many(starts)
-    out["decorated"] = dict(structures=relaxed, f=formation(relaxed, e, refs), nb=np.asarray(nb), converged=conv,
-                            seconds=round(time.perf_counter() - t0, 1))
+    out["decorated"] = scored(starts, nb, t0)
     return out
 
 
@@ -349,10 +352,7 @@ def run_system(model, params, ff, a: str, b: str, n: int, args, reference_n: lis
     tag = f"{a}{b}"
     t_sys = time.perf_counter()
     gm = qcd_clusters((a, b), n, "gm")
-    refs = {}
-    for el in (a, b):
-        _, e, _ = relax_all(gm[el])
-        refs[el] = float(e.min()) / n
+    refs = reference_energies(gm, n)
     sampler = SetSampler(model, params, a, b, n, args.num, args.steps, args.seed, ff_model, ff_params)
 
     settings_list = [("none", 0.0)] + [(p, s) for p in POTENTIALS for s in args.scales if s > 0
@@ -363,8 +363,8 @@ def run_system(model, params, ff, a: str, b: str, n: int, args, reference_n: lis
         raw, dt = sampler.sample(energy, scale)
         e_raw = single_points(raw)
         t0 = time.perf_counter()
-        relaxed, e, conv = relax_all(raw)
-        sets[name] = dict(potential=energy, scale=scale, raw=raw, relaxed=relaxed, f=formation(relaxed, e, refs),
+        relaxed, _, f, conv = relaxed_formation_energies(raw, refs)
+        sets[name] = dict(potential=energy, scale=scale, raw=raw, relaxed=relaxed, f=f,
                           e_raw=e_raw / n,
                           nb=np.array([s.get_chemical_symbols().count(b) for s in raw]), converged=conv,
                           sample_s=dt, relax_s=time.perf_counter() - t0)
@@ -445,6 +445,15 @@ def run_system(model, params, ff, a: str, b: str, n: int, args, reference_n: lis
 # --------------------------------------------------------------------------------------
 
 
+def _series(rows: dict, scales):
+    """(force field, λ values, setting names) of each force field with guided settings in
+    ``rows``, λ = 0 (the unguided setting) first."""
+    for pot in POTENTIALS:
+        xs = [0.0] + [s for s in scales if s > 0 and f"{pot}_{s:g}" in rows]
+        if len(xs) > 1:
+            yield pot, xs, ["unguided"] + [f"{pot}_{s:g}" for s in xs[1:]]
+
+
 def plot(results: Path, out: dict, scales) -> None:
     from agedi_jax.evaluation.plots import _pyplot
 
@@ -453,11 +462,7 @@ def plot(results: Path, out: dict, scales) -> None:
     fig, axes = plt.subplots(1, len(systems), figsize=(5.5 * len(systems), 3.8), squeeze=False)
     for ax, (tag, r) in zip(axes[0], systems):
         rows = r["settings"]
-        for pot in POTENTIALS:
-            xs = [0.0] + [s for s in scales if s > 0 and f"{pot}_{s:g}" in rows]
-            names = ["unguided"] + [f"{pot}_{s:g}" for s in xs[1:]]
-            if len(names) == 1:
-                continue
+        for pot, xs, names in _series(rows, scales):
             med = np.array([rows[k]["formation_energy"]["median"] for k in names]) * 1e3
             lo = np.array([rows[k]["formation_energy"]["q25"] for k in names]) * 1e3
             hi = np.array([rows[k]["formation_energy"]["q75"] for k in names]) * 1e3
@@ -474,20 +479,14 @@ def plot(results: Path, out: dict, scales) -> None:
         ax.set_xticklabels([f"{s:g}" for s in scales])
         ax.set_xlabel("guidance scale λ (eV⁻¹)")
         ax.set_ylabel("formation energy, EMT (meV/atom)")
-        ax.set_title(r["system"].replace("(", "$_{").replace(")", "}$"))
+        ax.set_title(system_title(r["system"]))
         ax.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
-    fig.savefig(results / "guided_energy.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, results / "guided_energy.png")
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     for ls, (tag, r) in zip(("-", "--"), systems):
         rows = r["settings"]
-        for pot in POTENTIALS:
-            xs = [0.0] + [s for s in scales if s > 0 and f"{pot}_{s:g}" in rows]
-            names = ["unguided"] + [f"{pot}_{s:g}" for s in xs[1:]]
-            if len(names) == 1:
-                continue
+        for pot, xs, names in _series(rows, scales):
             lab = f"{tag}, {'EMT' if pot == 'emt' else 'learned'}"
             axes[0].plot(xs, [rows[k]["prd_auc_raw"] for k in names], "o" + ls, color=COLORS[pot], label=lab)
             axes[1].plot(xs, [rows[k]["soap_pairwise_distance"] for k in names], "o" + ls, color=COLORS[pot], label=lab)
@@ -501,9 +500,7 @@ def plot(results: Path, out: dict, scales) -> None:
         ax.set_xlabel("guidance scale λ (eV⁻¹)")
         ax.set_ylabel(yl)
     axes[0].legend(fontsize=7, frameon=False)
-    fig.tight_layout()
-    fig.savefig(results / "guided_cost.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, results / "guided_cost.png")
 
 
 # --------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.clusters import settings
+from experiments.common import save_figure
 
 SYSTEMS = (("Pt", "Cu", 12), ("Pd", "Ag", 13))
 COLORS = {"Pt": "#4c72b0", "Cu": "#dd8452", "Pd": "#55a868", "Ag": "#8172b3"}
@@ -59,6 +60,33 @@ def relax_all(structures, log_every: int = 0, label: str = "") -> tuple[list, np
     return relaxed, energies, conv
 
 
+def formation(structures, energies, references: dict) -> np.ndarray:
+    """Formation energies (eV/atom, Eq. 21) of ``structures`` with total ``energies`` (eV)
+    against per-atom ``references`` (eV/atom by element)."""
+    from agedi_jax.evaluation import formation_energy
+
+    return np.array([formation_energy(e, s.get_chemical_symbols(), references) for s, e in zip(structures, energies)])
+
+
+def relaxed_formation_energies(structures, references: dict, log_every: int = 0,
+                               label: str = "") -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+    """EMT-relax ``structures`` (:func:`relax_all`) and score them by Eq. 21 against
+    ``references``: (relaxed, energy [n] eV, formation energy [n] eV/atom, converged [n])."""
+    relaxed, energies, conv = relax_all(structures, log_every, label)
+    return relaxed, energies, formation(relaxed, energies, references), conv
+
+
+def reference_energies(clusters: dict[str, list], n_atoms: int) -> dict[str, float]:
+    """Per-atom references of Eq. 21 (eV/atom by element): the lowest EMT energy of each
+    element's ``n_atoms``-atom clusters after relaxation (:func:`relax_all`)."""
+    return {el: float(relax_all(group)[1].min()) / n_atoms for el, group in clusters.items()}
+
+
+def system_title(system: str) -> str:
+    """A system name such as ``Pt(12-n)Cu(n)`` with its counts as mathtext subscripts."""
+    return system.replace("(", "$_{").replace(")", "}$")
+
+
 def single_points(structures) -> np.ndarray:
     """EMT energies (eV) of structures as they are."""
     from agedi_jax.evaluation import get_calculator
@@ -83,7 +111,7 @@ def stats(x) -> dict:
 def run_system(model, params, a: str, b: str, n: int, *, num: int, steps: int, seed: int, results: Path) -> dict:
     from ase.io import write
 
-    from agedi_jax.evaluation import formation_energy, random_structure_search, validity
+    from agedi_jax.evaluation import random_structure_search, validity
     from agedi_jax.generate import sample_atoms
 
     tag = f"{a}{b}"
@@ -92,12 +120,7 @@ def run_system(model, params, a: str, b: str, n: int, *, num: int, steps: int, s
     t0 = time.perf_counter()
     gm = qcd_clusters((a, b), n, "gm")
     every = qcd_clusters((a, b), n, None)
-    refs, refs_all = {}, {}
-    for el in (a, b):
-        _, e_gm, _ = relax_all(gm[el])
-        _, e_all, _ = relax_all(every[el])
-        refs[el] = float(e_gm.min()) / n
-        refs_all[el] = float(e_all.min()) / n
+    refs, refs_all = reference_energies(gm, n), reference_energies(every, n)
     timings["references_s"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
@@ -110,7 +133,8 @@ def run_system(model, params, a: str, b: str, n: int, *, num: int, steps: int, s
     e_raw = single_points(samples)
 
     t0 = time.perf_counter()
-    relaxed, e_model, conv_model = relax_all(samples, log_every=64, label=f"{tag} AGeDi")
+    relaxed, e_model, f_model, conv_model = relaxed_formation_energies(samples, refs, log_every=64,
+                                                                       label=f"{tag} AGeDi")
     timings["relax_agedi_s"] = round(time.perf_counter() - t0, 1)
     comps = Counter(int(s.get_chemical_symbols().count(b)) for s in samples)
 
@@ -125,20 +149,13 @@ def run_system(model, params, a: str, b: str, n: int, *, num: int, steps: int, s
     timings["rss_s"] = round(time.perf_counter() - t0, 1)
     e_rss = np.asarray(e_rss_list)
 
-    def form(structs, energies, references):
-        return np.array([formation_energy(e, s.get_chemical_symbols(), references) for s, e in zip(structs, energies)])
-
-    f_model = form(relaxed, e_model, refs)
-    f_rss = form(rss, e_rss, refs)
-    f_model_all = form(relaxed, e_model, refs_all)
-    f_rss_all = form(rss, e_rss, refs_all)
+    f_rss = formation(rss, e_rss, refs)
+    f_model_all = formation(relaxed, e_model, refs_all)
+    f_rss_all = formation(rss, e_rss, refs_all)
     n_b_model = np.array([s.get_chemical_symbols().count(b) for s in relaxed])
     n_b_rss = np.asarray(comp_rss)
-    for s, f in zip(relaxed, f_model):
+    for s, f in zip(relaxed + rss, np.concatenate([f_model, f_rss])):
         s.info["formation_energy"] = float(f)
-    for s, f in zip(rss, f_rss):
-        s.info["formation_energy"] = float(f)
-    for s in relaxed + rss:
         s.calc = None
     write(results / f"interpolated_{tag}.extxyz", relaxed, format="extxyz")
     write(results / f"rss_{tag}.extxyz", rss, format="extxyz")
@@ -192,11 +209,9 @@ def plot(results: Path, out: dict, training: dict) -> None:
             ax.axvline(np.median(v), color="k", lw=0.8, ls=":")
         ax.set_xlabel("formation energy, EMT (eV/atom)")
         ax.set_ylabel("count")
-        ax.set_title(r["system"].replace("(", "$_{").replace(")", "}$"))
+        ax.set_title(system_title(r["system"]))
         ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
-    fig.savefig(results / "fig5_histograms.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, results / "fig5_histograms.png")
 
     fig, axes = plt.subplots(1, len(out), figsize=(5.5 * len(out), 3.8), squeeze=False)
     for ax, (tag, r) in zip(axes[0], out.items()):
@@ -212,11 +227,9 @@ def plot(results: Path, out: dict, training: dict) -> None:
         ax2.set_ylabel("samples per composition", color="gray")
         ax.set_xlabel(f"n ({tag[2:]} atoms)")
         ax.set_ylabel("formation energy, EMT (eV/atom)")
-        ax.set_title(r["system"].replace("(", "$_{").replace(")", "}$"))
+        ax.set_title(system_title(r["system"]))
         ax.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
-    fig.savefig(results / "fig5_by_composition.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, results / "fig5_by_composition.png")
 
     # Fig. 5a: t-SNE of the GM training clusters of the four metals and the (unrelaxed) samples.
     from agedi_jax.evaluation import soap_features, tsne_map
@@ -245,9 +258,7 @@ def plot(results: Path, out: dict, training: dict) -> None:
     ax.set_xticks([]), ax.set_yticks([])
     ax.set_title("t-SNE (SOAP): interpolated clusters and GM training data")
     ax.legend(fontsize=7, frameon=False)
-    fig.tight_layout()
-    fig.savefig(results / "fig5_tsne.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, results / "fig5_tsne.png")
 
 
 def main(argv=None) -> int:

@@ -21,7 +21,7 @@ import io
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -36,6 +36,7 @@ __all__ = [
     "is_bulk_csv",
     "load_bulk_csv",
     "split_indices",
+    "structure_matcher",
 ]
 
 MATCHER_DEFAULTS = dict(stol=0.5, angle_tol=10.0, ltol=0.3)
@@ -242,10 +243,17 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
 # --------------------------------------------------------------------------------------
 
 
-def _matcher(stol: float, angle_tol: float, ltol: float):
+def structure_matcher(tolerances: Mapping[str, float] | None = None):
+    """pymatgen's ``StructureMatcher`` with :data:`MATCHER_DEFAULTS` updated by
+    ``tolerances`` (any of ``stol``, ``angle_tol``, ``ltol``); an unknown key is a ValueError."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    return StructureMatcher(stol=stol, angle_tol=angle_tol, ltol=ltol)
+    tol = dict(MATCHER_DEFAULTS)
+    unknown = sorted(set(tolerances or {}) - set(tol))
+    if unknown:
+        raise ValueError(f"unknown matcher tolerance(s) {unknown}; known: {sorted(tol)}")
+    tol.update(tolerances or {})
+    return StructureMatcher(**tol)
 
 
 def _reduced(matcher: Any, structure: Any) -> Any:
@@ -297,9 +305,7 @@ def _prepare(structures: Sequence[Any], matcher: Any) -> list:
 def duplicate_groups(
     structures: Sequence[Any],
     *,
-    stol: float = MATCHER_DEFAULTS["stol"],
-    angle_tol: float = MATCHER_DEFAULTS["angle_tol"],
-    ltol: float = MATCHER_DEFAULTS["ltol"],
+    tolerances: Mapping[str, float] | None = None,
     include_singletons: bool = False,
 ) -> list[list[int]]:
     """Groups of indices of identical crystals (pymatgen ``StructureMatcher``).
@@ -313,14 +319,14 @@ def duplicate_groups(
 
     Args:
       structures: the crystals (3D cells).
-      stol, angle_tol, ltol: matcher tolerances (default: the benchmark's).
+      tolerances: matcher tolerances overriding the benchmark's (:func:`structure_matcher`).
       include_singletons: also return the structures without a duplicate, as 1-lists.
 
     Returns:
       list of index lists, each sorted ascending, ordered by first index. Without
       singletons, ``sum(len(g) - 1 for g in groups)`` structures are redundant.
     """
-    matcher = _matcher(stol, angle_tol, ltol)
+    matcher = structure_matcher(tolerances)
     reduced = _prepare(structures, matcher)
     buckets: dict[tuple[str, int], list[int]] = defaultdict(list)
     for i, s in enumerate(reduced):
@@ -346,9 +352,7 @@ def cross_duplicates(
     train: Sequence[Any],
     val: Sequence[Any],
     *,
-    stol: float = MATCHER_DEFAULTS["stol"],
-    angle_tol: float = MATCHER_DEFAULTS["angle_tol"],
-    ltol: float = MATCHER_DEFAULTS["ltol"],
+    tolerances: Mapping[str, float] | None = None,
     return_index: bool = False,
 ) -> np.ndarray:
     """For every structure of ``val``: does some structure of ``train`` match it?
@@ -361,7 +365,7 @@ def cross_duplicates(
       bool array ``[len(val)]``; with ``return_index=True`` instead an int64 array
       ``[len(val)]`` of the first matching training index (−1 where none matches).
     """
-    matcher = _matcher(stol, angle_tol, ltol)
+    matcher = structure_matcher(tolerances)
     red_train = _prepare(train, matcher)
     red_val = _prepare(val, matcher)
     buckets: dict[tuple[str, int], list[int]] = defaultdict(list)

@@ -32,11 +32,11 @@ volumes in Å³, densities in g/cm³. Nothing here needs JAX.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from agedi_jax.data.bulk import MATCHER_DEFAULTS, _is_structure, to_structure  # noqa: F401  (re-exported)
+from agedi_jax.data.bulk import MATCHER_DEFAULTS, _is_structure, structure_matcher, to_structure  # noqa: F401  (re-exported)
 
 __all__ = [
     "AMU_PER_A3_TO_G_PER_CM3",
@@ -98,12 +98,6 @@ def _numbers_and_cell(obj: Any) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------
 
 
-def _matcher(stol: float, angle_tol: float, ltol: float):
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    return StructureMatcher(stol=stol, angle_tol=angle_tol, ltol=ltol)
-
-
 def _rms(matcher: Any, generated: Any, reference_structure: Any) -> float:
     """Normalised RMS displacement of ``generated`` onto ``reference_structure`` (NaN when
     they do not match or the matcher fails on them)."""
@@ -141,16 +135,14 @@ def match_rate(
     generated: Sequence[Any],
     reference: Sequence[Any],
     *,
-    stol: float = MATCHER_TOLERANCES["stol"],
-    angle_tol: float = MATCHER_TOLERANCES["angle_tol"],
-    ltol: float = MATCHER_TOLERANCES["ltol"],
+    tolerances: Mapping[str, float] | None = None,
     require_valid: bool = True,
 ) -> dict[str, Any]:
     """Match rate and RMSE of crystal structure prediction, one sample per reference.
 
     ``generated[i]`` is the sample for ``reference[i]`` (``None`` for a failed sample,
     which counts as unmatched). A pair matches when pymatgen's
-    ``StructureMatcher(stol, angle_tol, ltol).get_rms_dist(generated, reference)`` finds a
+    ``StructureMatcher(**tolerances).get_rms_dist(generated, reference)`` finds a
     mapping (pymatgen's other defaults: ``primitive_cell=True`` — both are reduced to
     Niggli primitive cells first, so supercells and rotated or permuted copies match —,
     ``scale=True``, ``attempt_supercell=False``).
@@ -168,7 +160,7 @@ def match_rate(
     Args:
       generated: ``[n]`` ``ase.Atoms`` / ``Structure`` / ``None``.
       reference: ``[n]`` ``ase.Atoms`` / ``Structure``.
-      stol, angle_tol, ltol: matcher tolerances (default: the benchmark's).
+      tolerances: matcher tolerances overriding the benchmark's (:func:`~agedi_jax.data.bulk.structure_matcher`).
       require_valid: count a generated structure failing :func:`crystal_validity` as
         unmatched, as CDVAE and DiffCSP do (their validity also checks SMACT composition
         validity, which is not applied here; for generation with the reference
@@ -183,7 +175,7 @@ def match_rate(
     generated, reference = list(generated), list(reference)
     if len(generated) != len(reference):
         raise ValueError(f"match_rate: {len(generated)} generated structures for {len(reference)} references")
-    matcher = _matcher(stol, angle_tol, ltol)
+    matcher = structure_matcher(tolerances)
     rms = np.full(len(reference), np.nan)
     n_valid = 0
     for i, (gen, ref) in enumerate(zip(generated, reference)):
@@ -198,9 +190,7 @@ def best_of_k(
     generated_lists: Sequence[Sequence[Any]],
     reference: Sequence[Any],
     *,
-    stol: float = MATCHER_TOLERANCES["stol"],
-    angle_tol: float = MATCHER_TOLERANCES["angle_tol"],
-    ltol: float = MATCHER_TOLERANCES["ltol"],
+    tolerances: Mapping[str, float] | None = None,
     require_valid: bool = True,
 ) -> dict[str, Any]:
     """Match rate and RMSE with k samples per reference (DiffCSP's multi-sample metric).
@@ -217,7 +207,7 @@ def best_of_k(
     generated_lists, reference = [list(g) for g in generated_lists], list(reference)
     if len(generated_lists) != len(reference):
         raise ValueError(f"best_of_k: {len(generated_lists)} sample lists for {len(reference)} references")
-    matcher = _matcher(stol, angle_tol, ltol)
+    matcher = structure_matcher(tolerances)
     rms = np.full(len(reference), np.nan)
     best = np.full(len(reference), -1, dtype=np.int64)
     n_valid = n_missing = 0

@@ -2,9 +2,11 @@
 (``experiments/two_d/train_cpu_geo.sh``) or of its sampler, trained to the same wall-time
 budget and evaluated by the same protocol (:mod:`experiments.ablations.run`).
 
-A row is ``Row(overrides, evaluation, of, note)``: ``overrides`` are ``--set`` assignments on
-top of :data:`BASE`; a row with ``of`` set trains nothing and evaluates the checkpoint of
-that row with its own sampler settings (``evaluation``).
+A row is ``Row(overrides, evaluation, of, note, steps)``: ``overrides`` are ``--set``
+assignments on top of :data:`BASE`; a row with ``of`` set trains nothing and evaluates the
+checkpoint of that row (or of a run directory given relative to the repository, e.g.
+:data:`COMMITTED`) with its own sampler settings (``evaluation``: ``steps``, ``sampler``,
+``grid``, ``weights``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ BASE = (
 )
 """The committed CPU model's settings (``experiments/two_d/runs/cpu_geo``), preset ``c2db``."""
 
+COMMITTED = "experiments/two_d/runs/cpu_geo"
+"""The committed C2DB model (BASE settings, 30,744 steps): the sampler rows evaluate it."""
+
 C2DB: dict[str, Row] = {
     "base": Row(note="the committed model's settings (PaiNN 64x3, geometric VE 0.01-5 A)"),
     "weight_decay": Row(("train.weight_decay=0.05",), note="AdamW weight decay 0.05 (against the overfitting)"),
@@ -47,6 +52,23 @@ C2DB: dict[str, Row] = {
     "em300": Row(evaluation={"steps": 300}, of="base", note="base model, 300 Euler-Maruyama steps"),
     "pc100": Row(evaluation={"steps": 100, "sampler": "pc"}, of="base",
                  note="base model, predictor-corrector (1 Langevin step, snr 0.16), 100 steps"),
+    "cpu_geo_w": Row(evaluation={"weights": (0, 1, 3, 5, 8)}, of=COMMITTED,
+                     note="committed model, EM 100 steps, guidance weights up to 8"),
+    "cpu_geo_em300": Row(evaluation={"steps": 300, "weights": (0, 1, 3, 5)}, of=COMMITTED,
+                         note="committed model, 300 Euler-Maruyama steps"),
+    "cpu_geo_pc100": Row(evaluation={"steps": 100, "sampler": "pc", "weights": (0, 1, 3, 5)}, of=COMMITTED,
+                         note="committed model, predictor-corrector (1 Langevin step, snr 0.16), 100 steps"),
+    "cpu_geo_ode100": Row(evaluation={"steps": 100, "sampler": "ode", "weights": (0, 1, 3, 5)}, of=COMMITTED,
+                          note="committed model, probability-flow ODE (Heun), 100 steps"),
+    "cpu_geo_pc100_snr008": Row(evaluation={"steps": 100, "sampler": "pc", "weights": (0, 1, 3, 5),
+                                            "options": {"snr": 0.08}}, of=COMMITTED,
+                                note="committed model, predictor-corrector, snr 0.08, 100 steps"),
+    "cpu_geo_pc100_snr032": Row(evaluation={"steps": 100, "sampler": "pc", "weights": (0, 1, 3, 5),
+                                            "options": {"snr": 0.32}}, of=COMMITTED,
+                                note="committed model, predictor-corrector, snr 0.32, 100 steps"),
+    "cpu_geo_pc100_c3": Row(evaluation={"steps": 100, "sampler": "pc", "weights": (0, 1, 3, 5),
+                                        "options": {"corrector_steps": 3}}, of=COMMITTED,
+                            note="committed model, predictor-corrector, 3 Langevin steps (snr 0.16), 100 steps"),
 }
 
 STUDIES = {"c2db": C2DB}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.ablations.rows import BASE, STUDIES
+from experiments.ablations.rows import COMMITTED, BASE, STUDIES
 from experiments.common import REPO, data_path, pyplot, write_json
 
 HERE = Path(__file__).resolve().parent
@@ -74,17 +74,20 @@ def evaluate_row(run: Path, evaluation: dict, num: int | None = None, seed: int 
     model, params, config = load_model(run / "checkpoints" / "latest")
     steps = int(evaluation.get("steps", 100))
     sampler = evaluation.get("sampler", "em")
+    weights = tuple(float(w) for w in evaluation.get("weights", WEIGHTS))
     t0 = time.perf_counter()
-    samples = sample_templates(model, params, structures, targets, WEIGHTS, steps=steps, seed=seed,
-                               sampler=sampler, grid=evaluation.get("grid", "uniform"), progress=False)
+    samples = sample_templates(model, params, structures, targets, weights, steps=steps, seed=seed,
+                               sampler=sampler, grid=evaluation.get("grid", "uniform"), progress=False,
+                               options=evaluation.get("options"))
     seconds = time.perf_counter() - t0
     predicted = {w: layer_groups(s) for w, s in samples.items()}
     acc = accuracy_table(targets, predicted)
     valid = {str(w): validity_summary(s)["frac_valid"] for w, s in samples.items()}
-    return dict(n=len(structures), steps=steps, sampler=sampler, seed=seed, sample_seconds=round(seconds, 1),
-                accuracy={str(w): round(acc["table"][w]["all"], 4) for w in WEIGHTS},
+    return dict(n=len(structures), steps=steps, sampler=sampler, options=evaluation.get("options"), seed=seed,
+                sample_seconds=round(seconds, 1),
+                accuracy={str(w): round(acc["table"][w]["all"], 4) for w in weights},
                 accuracy_by_group={str(w): {g: round(v, 4) for g, v in acc["table"][w].items() if g != "all"}
-                                   for w in WEIGHTS},
+                                   for w in weights},
                 valid=valid)
 
 
@@ -114,16 +117,20 @@ def report(study: str, results: dict) -> Path:
         "0.1) of the raw sampler output compared with the label. Every trained row has the same wall-time",
         "budget on the project's 2-core CPU (shared with other jobs: the step counts say how much each got).",
         "",
-        "| row | change | budget (min) | steps | best val loss (step) | final val loss | w = 0 | w = 1 | w = 3 | valid (w = 1) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| row | change | budget (min) | steps | best val loss (step) | final val loss | w = 0 | w = 1 | w = 3 | best w: accuracy | valid (w = 1) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in results.items():
-        tr = r.get("training") or results.get(rows[name].of or "", {}).get("training") or {}
+        tr = r.get("training") or results.get(r.get("of") or "", {}).get("training") or {}
         a = r["evaluation"]["accuracy"]
+        best = max(a, key=a.get)
+        cell = lambda w: f"{a[w]:.3f}" if w in a else "—"  # noqa: E731
+        steps = tr.get("steps", "30,744 (committed)" if r.get("of") == COMMITTED else "")
         lines.append(
-            f"| {name} | {rows[name].note if name in rows else ''} | {r.get('minutes') or '—'} | {tr.get('steps', '')} | "
+            f"| {name} | {rows[name].note if name in rows else ''} | {r.get('minutes') or '—'} | {steps} | "
             f"{tr.get('best_val_loss', '')} ({tr.get('best_val_step', '')}) | {tr.get('final_val_loss', '')} | "
-            f"{a['0.0']:.3f} | {a['1.0']:.3f} | {a['3.0']:.3f} | {r['evaluation']['valid']['1.0']:.3f} |"
+            f"{cell('0.0')} | {cell('1.0')} | {cell('3.0')} | {float(best):g}: {a[best]:.3f} | "
+            f"{r['evaluation']['valid']['1.0']:.3f} |"
         )
     lines += ["", "![accuracy per row](results/c2db.png)", ""]
     notes = HERE / "NOTES.md"
@@ -170,9 +177,9 @@ def main(argv=None) -> int:
             run = train_row(args.study, name, row, args.minutes, row.steps or args.steps)
             training = training_summary(run)
         else:
-            run = HERE / "runs" / args.study / row.of
+            run = HERE / "runs" / args.study / row.of if row.of in rows else REPO / row.of
             if not (run / "checkpoints" / "latest").exists():
-                raise SystemExit(f"row {name} evaluates row {row.of!r}, which has not been trained yet")
+                raise SystemExit(f"row {name} evaluates {row.of!r}, which has no checkpoint yet (train that row first)")
             training = None
         evaluation = evaluate_row(run, row.evaluation, args.num)
         entry = dict(minutes=None if row.of is not None or row.steps or args.steps else args.minutes,

@@ -47,11 +47,14 @@ def sample_templates(
     sampler: str = "em",
     grid: str = "uniform",
     progress: bool = True,
+    options: dict | None = None,
 ) -> dict[float, list]:
     """Generate positions for every template (cell, pbc, composition) at every guidance
     weight ``w`` (Eq. 19: 1 = conditional, 0 = unconditional). Returns ``{w: [Atoms]}`` in
-    template order; ``info`` holds label, guidance, steps, seed and index."""
-    cfg = replace(model.config, sample={"steps": int(steps), "seed": int(seed), "sampler": sampler, "grid": grid})
+    template order; ``info`` holds label, guidance, steps, seed and index. ``options``: more
+    fields of the ``sample`` config (e.g. ``snr``, ``corrector_steps`` of the "pc" sampler)."""
+    cfg = replace(model.config, sample={"steps": int(steps), "seed": int(seed), "sampler": sampler, "grid": grid,
+                                        **(options or {})})
     labels = [int(x) for x in labels]
     encoded = encode_structures(list(templates), model.vocab, cfg.model.cutoff, labels=labels,
                                 max_atoms=cfg.data.max_atoms)

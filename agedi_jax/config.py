@@ -417,8 +417,25 @@ class Config:
 
 
 def config_hash(cfg: Config) -> str:
-    """Short stable hash of the resolved config (written into every output file)."""
-    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    """Short stable hash of the resolved config (written into every output file).
+
+    Only the values that differ from the field defaults enter it, so a field added to the
+    config in a later version (at its default) leaves the hash of every earlier config —
+    and so of every committed checkpoint — unchanged."""
+    return hashlib.sha256(json.dumps(_non_default(cfg.to_dict(), Config().to_dict()), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _non_default(values: dict, defaults: dict) -> dict:
+    """The entries of the nested dict ``values`` that differ from ``defaults``."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            sub = _non_default(value, defaults[key])
+            if sub:
+                out[key] = sub
+        elif key not in defaults or defaults[key] != value:
+            out[key] = value
+    return out
 
 
 def _coerce(text: str, annotation: Any, where: str) -> Any:

@@ -190,6 +190,11 @@ def test_config_overrides_and_presets():
     assert cfg.model.num_layers == 4 and cfg.train.steps == 10
     assert Config.from_json(cfg.to_json()) == cfg
     assert config_hash(cfg) != config_hash(preset("quickstart"))
+    # a config saved before a field existed (the field at its default) keeps its hash
+    old = cfg.to_dict()
+    del old["process"]["lattice_layer_c"], old["model"]["energy_head"]
+    assert config_hash(Config.from_dict(old)) == config_hash(cfg)
+    assert config_hash(override(cfg, ["process.lattice_layer_c=20"])) != config_hash(cfg)
     with pytest.raises(ValueError, match="model has no field 'foo'"):
         override(cfg, ["model.foo=1"])
     with pytest.raises(ValueError, match="expected an integer"):

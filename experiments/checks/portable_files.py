@@ -39,13 +39,16 @@ def portable_text(text: str, shared_roots: list[str]) -> str:
     return text.replace('"../shared/data/', f'"{DATA_PREFIX}/')
 
 
-def fix_checkpoint(ckpt: Path) -> bool:
+def fix_checkpoint(ckpt: Path, write: bool = True) -> bool:
+    """Make one checkpoint portable; returns whether anything changed (or, with
+    ``write=False``, would change — nothing is written then)."""
     meta_path = ckpt / "meta.json"
     meta = json.loads(meta_path.read_text())
     changed = False
     marker = ckpt / "state" / "commit_success.txt"
     if marker.is_file() and marker.read_text() != "Checkpoint commit was successful.":
-        marker.write_text("Checkpoint commit was successful.")
+        if write:
+            marker.write_text("Checkpoint commit was successful.")
         changed = True
     cfg = meta["config"]
     spec = portable_data_spec(cfg["data"]["dataset"])
@@ -61,7 +64,7 @@ def fix_checkpoint(ckpt: Path) -> bool:
     if meta.get("files") != digests:
         meta["files"] = digests
         changed = True
-    if changed:
+    if changed and write:
         meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
     return changed
 
@@ -88,10 +91,8 @@ def main(argv=None) -> int:
             if not args.check:
                 path.write_text(new)
     for meta in [REPO / f for f in files if f.endswith("checkpoints/best/meta.json") or f.endswith("checkpoints/latest/meta.json")]:
-        if args.check:
-            changed.append(str(meta.relative_to(REPO)) + " (digests / data spec)")
-        elif fix_checkpoint(meta.parent):
-            changed.append(str(meta.relative_to(REPO)))
+        if fix_checkpoint(meta.parent, write=not args.check):
+            changed.append(str(meta.relative_to(REPO)) + " (digests / data spec / config hash)")
     print("\n".join(changed) if changed else "nothing to change")
     return 0
 

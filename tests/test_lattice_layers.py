@@ -29,6 +29,7 @@ from agedi_jax.scores import Scores
 from agedi_jax.sde import make_sde
 from agedi_jax.train import prepare_data
 from agedi_jax.vocab import TypeVocab
+from tests.test_lattice_model import TINY as BULK_TINY
 
 PBC2 = (True, True, False)
 LAYER = np.asarray(L.lattice_mask(np.array(PBC2)))
@@ -265,14 +266,9 @@ def test_sampled_trajectory_keeps_the_vacuum_axis_and_recovers_the_cell(sampler=
 # A tiny model of layers, end to end
 # --------------------------------------------------------------------------------------
 
-TINY = {
-    "data": {"val_fraction": 0.2, "max_atoms": 8, "label": "layer_group"},
-    "model": {"network": "painn", "features": 8, "num_layers": 1, "num_basis": 4, "cutoff": 4.0, "types": False},
-    "process": {"sigma_max": 5.0, "lattice": "log"},
-    "train": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 2, "val_every": 4,
-              "checkpoint_every": 4, "val_batches": 1, "label_dropout": 0.1},
-    "sample": {"steps": 8, "batch_size": 8},
-}
+# the bulk lattice tests' tiny model, on labelled layers, positions only
+TINY = {**BULK_TINY, "data": {**BULK_TINY["data"], "label": "layer_group"},
+        "model": {**BULK_TINY["model"], "types": False}, "train": {**BULK_TINY["train"], "label_dropout": 0.1}}
 
 
 @pytest.fixture(scope="module")

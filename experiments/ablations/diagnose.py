@@ -13,7 +13,8 @@
     python -m experiments.ablations.diagnose                       # committed model, w = 5
     python -m experiments.ablations.diagnose --run experiments/ablations/runs/c2db/t_beta_30k --w 3
 
-Writes ``results/diagnose_<run name>_w<w>.json`` (with the checkpoint's config).
+Writes ``results/diagnose_<run name>_<sampler><steps>[_c<corrector steps>]_w<w>.json`` (with the
+checkpoint's config).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--w", type=float, default=5.0, help="guidance weight")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--sampler", default="em")
+    ap.add_argument("--corrector-steps", type=int, default=None, help="Langevin steps per step (sampler pc)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num", type=int, default=None, help="first NUM val structures only (smoke test)")
     args = ap.parse_args(argv)
@@ -52,9 +54,10 @@ def main(argv=None) -> int:
     structures, targets = [s for s, k in zip(structures, keep) if k], targets[keep]
     run = REPO / args.run
     model, params, config = load_model(run / "checkpoints" / "latest")
+    options = {} if args.corrector_steps is None else {"corrector_steps": args.corrector_steps}
     t0 = time.perf_counter()
     samples = sample_templates(model, params, structures, targets, (args.w,), steps=args.steps, seed=args.seed,
-                               sampler=args.sampler, progress=False)[args.w]
+                               sampler=args.sampler, progress=False, options=options)[args.w]
     seconds = time.perf_counter() - t0
 
     sample_acc, data_acc, hit_any = {}, {}, np.zeros(len(targets), bool)
@@ -75,7 +78,7 @@ def main(argv=None) -> int:
             by_size[f"{lo}-{hi}"] = dict(n=int(m.sum()), accuracy=round(float(np.mean(~miss[m])), 4))
     # misses at 0.1 that are hits at a looser tolerance: nearly symmetric samples
     near = {str(tol): int(np.sum(miss & (predicted[tol] == targets))) for tol in TOLERANCES if tol > 0.1}
-    out = dict(run=args.run, w=args.w, steps=args.steps, sampler=args.sampler, seed=args.seed, n=len(targets),
+    out = dict(run=args.run, w=args.w, steps=args.steps, sampler=args.sampler, options=options, seed=args.seed, n=len(targets),
                sample_seconds=round(seconds, 1), sample_accuracy=sample_acc, data_accuracy=data_acc,
                misses_at_0_1=int(miss.sum()), misses_hit_at_looser_tolerance=near,
                hit_at_some_tolerance=round(float(np.mean(hit_any)), 4),
@@ -83,7 +86,8 @@ def main(argv=None) -> int:
                accuracy_by_size=by_size, config=config.to_dict() if hasattr(config, "to_dict") else None,
                time=time.strftime("%Y-%m-%d %H:%M"))
     name = run.name
-    path = REPO / "experiments/ablations/results" / f"diagnose_{name}_w{args.w:g}.json"
+    tag = f"{args.sampler}{args.steps}" + (f"_c{args.corrector_steps}" if args.corrector_steps else "")
+    path = REPO / "experiments/ablations/results" / f"diagnose_{name}_{tag}_w{args.w:g}.json"
     write_json(path, out)
     for k in ("sample_accuracy", "data_accuracy", "misses_hit_at_looser_tolerance", "hit_at_some_tolerance",
               "misses_come_out_as", "p1_fraction_of_misses", "accuracy_by_size"):

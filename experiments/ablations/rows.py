@@ -69,6 +69,18 @@ C2DB: dict[str, Row] = {
     "cpu_geo_pc100_c3": Row(evaluation={"steps": 100, "sampler": "pc", "weights": (0, 1, 3, 5),
                                         "options": {"corrector_steps": 3}}, of=COMMITTED,
                             note="committed model, predictor-corrector, 3 Langevin steps (snr 0.16), 100 steps"),
+    "cpu_geo_pc100_seed1": Row(evaluation={"steps": 100, "sampler": "pc", "weights": (0, 1, 3, 5), "seed": 1},
+                               of=COMMITTED, note="cpu_geo_pc100 with another sampling seed (the repeat noise)"),
+    "cpu_geo_em100_seed1": Row(evaluation={"weights": (0, 1, 3, 5), "seed": 1}, of=COMMITTED,
+                               note="cpu_geo_w (EM 100) with another sampling seed (the repeat noise)"),
+    "cpu_geo_pc100_c6": Row(evaluation={"steps": 100, "sampler": "pc", "options": {"corrector_steps": 6}},
+                            of=COMMITTED, note="committed model, predictor-corrector, 6 Langevin steps (snr 0.16), 100 steps"),
+    "cpu_geo_pc50_c6": Row(evaluation={"steps": 50, "sampler": "pc", "options": {"corrector_steps": 6}},
+                           of=COMMITTED, note="committed model, predictor-corrector, 6 Langevin steps (snr 0.16), 50 steps"),
+    "cpu_geo_pc100_c12": Row(evaluation={"steps": 100, "sampler": "pc", "options": {"corrector_steps": 12}, "weights": (1, 3)},
+                             of=COMMITTED, note="committed model, predictor-corrector, 12 Langevin steps (snr 0.16), 100 steps"),
+    "t_beta_30k_pc100_c6": Row(evaluation={"steps": 100, "sampler": "pc", "options": {"corrector_steps": 6}},
+                               of="t_beta_30k", note="t_beta_30k model, predictor-corrector, 6 Langevin steps, 100 steps"),
 }
 
 STUDIES = {"c2db": C2DB}

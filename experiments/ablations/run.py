@@ -72,6 +72,7 @@ def evaluate_row(run: Path, evaluation: dict, num: int | None = None, seed: int 
     keep = targets > 0
     structures, targets = [s for s, k in zip(structures, keep) if k], targets[keep]
     model, params, config = load_model(run / "checkpoints" / "latest")
+    seed = int(evaluation.get("seed", seed))
     steps = int(evaluation.get("steps", 100))
     sampler = evaluation.get("sampler", "em")
     weights = tuple(float(w) for w in evaluation.get("weights", WEIGHTS))
@@ -142,7 +143,7 @@ def report(study: str, results: dict) -> Path:
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(results)), 3.4))
     names = list(results)
     for k, w in enumerate(("0.0", "1.0", "3.0")):
-        ax.bar(np.arange(len(names)) + (k - 1) * 0.27, [results[n]["evaluation"]["accuracy"][w] for n in names],
+        ax.bar(np.arange(len(names)) + (k - 1) * 0.27, [results[n]["evaluation"]["accuracy"].get(w, np.nan) for n in names],
                0.27, label=f"w = {float(w):g}")
     ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
     ax.set_ylabel("layer-group accuracy (val, 250)")

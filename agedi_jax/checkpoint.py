@@ -7,6 +7,11 @@ Layout of a run directory ``RUN/checkpoints/``::
       meta.json        config, type vocabulary, step, metrics, package version, config hash
     best/              the state with the lowest validation loss (same layout)
 
+:func:`export_params` writes a *parameters-only* checkpoint (same layout, ``meta.json``
+``contents: "params"``: the EMA parameters, a quarter of the train state's size, no
+optimiser moments) for sharing and committing a model: :func:`load_model` samples from it
+like from a full one; training cannot resume from it.
+
 A checkpoint is written into a temporary sibling directory and moved into place with
 ``os.replace``-style renames, so an interrupted write never leaves a half-written
 ``latest``. ``meta.json`` records the SHA-256 of every file of ``state/``; they are checked
@@ -45,7 +50,12 @@ __all__ = [
     "restore_state",
     "checkpoint_dir",
     "load_model",
+    "export_params",
 ]
+
+TRAIN_STATE, PARAMS = "train_state", "params"
+"""``meta["contents"]`` of a full checkpoint (written by training; older checkpoints have no
+such key) and of a parameters-only export."""
 
 
 class CheckpointError(RuntimeError):
@@ -112,8 +122,10 @@ def save_checkpoint(
     *,
     step: int,
     extra: dict | None = None,
+    contents: str = TRAIN_STATE,
 ) -> Path:
-    """Write ``state`` (a pytree of arrays) and its metadata to ``directory`` atomically.
+    """Write ``state`` (a pytree of arrays) and its metadata to ``directory`` atomically
+    (``contents``: :data:`TRAIN_STATE`, or :data:`PARAMS` for ``{"params": ...}``).
 
     Returns the checkpoint directory. An existing checkpoint there is replaced only after
     the new one is complete.
@@ -134,6 +146,7 @@ def save_checkpoint(
         "format": "agedi_jax-checkpoint-1",
         "version": __version__,
         "step": int(step),
+        "contents": contents,
         "config": config.to_dict(),
         "config_hash": config_hash(config),
         "vocab": vocab.to_dict(),
@@ -251,16 +264,17 @@ def _first_line(err: Exception, limit: int = 240) -> str:
 
 
 def checkpoint_dir(path: str | os.PathLike) -> Path:
-    """``RUN`` → ``RUN/checkpoints/best`` (else ``latest``); a checkpoint directory as is."""
+    """``RUN`` → ``RUN/checkpoints/best`` (else ``latest``, else the parameters-only
+    ``params`` of :func:`export_params`); a checkpoint directory as is."""
     path = Path(path)
     if (path / "meta.json").is_file():
         return path
-    for name in ("best", "latest"):
+    for name in ("best", "latest", "params"):
         if (path / "checkpoints" / name / "meta.json").is_file():
             return path / "checkpoints" / name
     if not path.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist")
-    raise CheckpointError(f"no checkpoint in {path} (expected meta.json, or checkpoints/best|latest)")
+    raise CheckpointError(f"no checkpoint in {path} (expected meta.json, or checkpoints/best|latest|params)")
 
 
 def _dummy_batch(model: Any) -> Any:
@@ -295,6 +309,25 @@ def load_model(
     config = override(config, overrides)
     model = build_model(config, vocab)
     target = eval_shape(lambda: init_state(model, random.PRNGKey(0), _dummy_batch(model)))
+    if meta.get("contents", TRAIN_STATE) == PARAMS:
+        kind = meta.get("extra", {}).get("exported", "ema")
+        if (kind == "ema") != use_ema:
+            raise CheckpointError(f"{ckpt} holds the {'EMA' if kind == 'ema' else 'raw'} parameters only (an export); "
+                                  f"load it with use_ema={kind == 'ema'}")
+        return model, restore_state(ckpt, {"params": target.ema_params})["params"], config
     state = restore_state(ckpt, target)
     params = state.ema_params if use_ema else state.params
     return model, params, config
+
+
+def export_params(src: str | os.PathLike, dst: str | os.PathLike, use_ema: bool = True) -> Path:
+    """Write the parameters of checkpoint ``src`` (a run directory or checkpoint; the EMA
+    parameters unless ``use_ema=False``) as a parameters-only checkpoint ``dst`` with the
+    same config, vocabulary, step and extras; returns ``dst``. Samples from ``dst`` equal
+    those from ``src`` bitwise."""
+    ckpt = checkpoint_dir(src)
+    _, params, config = load_model(ckpt, use_ema=use_ema)
+    _, vocab, meta = load_config_and_vocab(ckpt)
+    extra = {**meta.get("extra", {}), "exported": "ema" if use_ema else "raw"}
+    return save_checkpoint(dst, {"params": params}, config, vocab, step=int(meta["step"]), extra=extra,
+                           contents=PARAMS)

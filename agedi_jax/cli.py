@@ -148,6 +148,14 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 2 if status else 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from agedi_jax.checkpoint import export_params
+
+    out = export_params(args.run, args.out, use_ema=not args.raw)
+    print(f"wrote the {'raw' if args.raw else 'EMA'} parameters of {args.run} to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agedi-jax",
@@ -216,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # pragma: no cover - evaluation extras missing
         pass
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("export", help="write a parameters-only checkpoint (for sharing; samples like the run)")
+    p.add_argument("run", help="run directory or checkpoint")
+    p.add_argument("out", type=Path, help="new checkpoint directory (e.g. RUN/checkpoints/params)")
+    p.add_argument("--raw", action="store_true", help="the raw parameters instead of their EMA")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("data", help="one-line summaries of data sets")
     p.add_argument("action", choices=["summary"])

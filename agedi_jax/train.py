@@ -362,6 +362,9 @@ def _fit_locked(data: PreparedData, run_dir: Path, *, resume: bool, progress: bo
     resumed_from = None
     if resume and latest.exists():
         saved_cfg, saved_vocab, meta = load_config_and_vocab(latest)
+        if meta.get("contents") == "params":
+            raise CheckpointError(f"{latest} holds parameters only (an export for sampling, "
+                                  "agedi_jax.checkpoint.export_params): training cannot resume from it")
         check_compatible(saved_cfg, config, "checkpoint in " + str(run_dir))
         if saved_vocab != vocab:
             raise CheckpointError(

@@ -57,6 +57,23 @@ def test_resume_gives_the_same_parameters(tmp_path, toy_data, tiny_config, train
     assert steps == sorted(set(steps))
 
 
+def test_parameters_only_export_samples_alike_and_cannot_resume(tmp_path, toy_data, tiny_config, trained):
+    run = tmp_path / "shared"
+    assert cli_main(["export", str(trained.run_dir / "checkpoints" / "latest"), str(run / "checkpoints" / "params")]) == 0
+    full = load_model(trained.run_dir / "checkpoints" / "latest")
+    slim = load_model(run)  # a run directory holding only the export
+    for a, b in zip(_leaves(full[1]), _leaves(slim[1])):
+        np.testing.assert_array_equal(a, b)
+    assert slim[2] == full[2]
+    size = lambda d: sum(f.stat().st_size for f in d.rglob("*") if f.is_file())  # noqa: E731
+    assert size(run / "checkpoints" / "params" / "state") < 0.5 * size(trained.run_dir / "checkpoints" / "latest" / "state")
+    with pytest.raises(CheckpointError, match="EMA parameters only"):
+        load_model(run, use_ema=False)
+    (run / "checkpoints" / "params").rename(run / "checkpoints" / "latest")
+    with pytest.raises(CheckpointError, match="parameters only"):
+        fit(tiny_config, run, progress=False, dataset=toy_data)
+
+
 def test_same_seed_same_samples_and_info(trained):
     model, params = trained.model, trained.state.ema_params
     a = sample_atoms(model, params, n_atoms=[4, 6], num_samples=2, seed=3)

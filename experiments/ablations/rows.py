@@ -81,6 +81,9 @@ C2DB: dict[str, Row] = {
                              of=COMMITTED, note="committed model, predictor-corrector, 12 Langevin steps (snr 0.16), 100 steps"),
     "t_beta_30k_pc100_c6": Row(evaluation={"steps": 100, "sampler": "pc", "options": {"corrector_steps": 6}},
                                of="t_beta_30k", note="t_beta_30k model, predictor-corrector, 6 Langevin steps, 100 steps"),
+    "t_beta_30k_pc100_c12": Row(evaluation={"steps": 100, "sampler": "pc", "options": {"corrector_steps": 12},
+                                            "weights": (1, 2, 3)},
+                                of="t_beta_30k", note="t_beta_30k model, predictor-corrector, 12 Langevin steps, 100 steps"),
 }
 
 STUDIES = {"c2db": C2DB}

@@ -320,13 +320,15 @@ def load_model(
     return model, params, config
 
 
-def export_params(src: str | os.PathLike, dst: str | os.PathLike, use_ema: bool = True) -> Path:
+def export_params(src: str | os.PathLike, dst: str | os.PathLike, use_ema: bool = True,
+                  overrides: Sequence[str] = ()) -> Path:
     """Write the parameters of checkpoint ``src`` (a run directory or checkpoint; the EMA
     parameters unless ``use_ema=False``) as a parameters-only checkpoint ``dst`` with the
-    same config, vocabulary, step and extras; returns ``dst``. Samples from ``dst`` equal
-    those from ``src`` bitwise."""
+    same config (``overrides``: new default sampler settings, ``sample.*`` only, as for
+    :func:`load_model`), vocabulary, step and extras; returns ``dst``. Samples from ``dst``
+    equal those from ``src`` bitwise (with the same sampler settings)."""
     ckpt = checkpoint_dir(src)
-    _, params, config = load_model(ckpt, use_ema=use_ema)
+    _, params, config = load_model(ckpt, overrides=overrides, use_ema=use_ema)
     _, vocab, meta = load_config_and_vocab(ckpt)
     extra = {**meta.get("extra", {}), "exported": "ema" if use_ema else "raw"}
     return save_checkpoint(dst, {"params": params}, config, vocab, step=int(meta["step"]), extra=extra,

@@ -151,7 +151,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from agedi_jax.checkpoint import export_params
 
-    out = export_params(args.run, args.out, use_ema=not args.raw)
+    out = export_params(args.run, args.out, use_ema=not args.raw, overrides=args.overrides)
     print(f"wrote the {'raw' if args.raw else 'EMA'} parameters of {args.run} to {out}")
     return 0
 
@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory or checkpoint")
     p.add_argument("out", type=Path, help="new checkpoint directory (e.g. RUN/checkpoints/params)")
     p.add_argument("--raw", action="store_true", help="the raw parameters instead of their EMA")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="sample.FIELD=VALUE",
+                   help="new default sampler settings saved with the export")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("data", help="one-line summaries of data sets")

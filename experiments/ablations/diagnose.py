@@ -26,7 +26,7 @@ from collections import Counter
 import numpy as np
 
 from experiments.ablations.rows import COMMITTED
-from experiments.common import REPO, data_path, write_json
+from experiments.common import REPO, write_json
 
 TOLERANCES = (0.05, 0.1, 0.2, 0.3, 0.5)
 
@@ -43,15 +43,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from agedi_jax.checkpoint import load_model
-    from agedi_jax.data import load_c2db_csv
-    from experiments.two_d.guided_sampling import layer_groups, sample_templates
+    from experiments.two_d.guided_sampling import labelled_val, layer_groups, sample_templates
 
-    ds = load_c2db_csv(data_path("c2db/val.csv"))
-    structures, targets = list(ds.structures), np.asarray(ds.labels, int)
-    if args.num is not None:
-        structures, targets = structures[: args.num], targets[: args.num]
-    keep = targets > 0
-    structures, targets = [s for s, k in zip(structures, keep) if k], targets[keep]
+    structures, targets = labelled_val(args.num)
     run = REPO / args.run
     model, params, config = load_model(run / "checkpoints" / "latest")
     options = {} if args.corrector_steps is None else {"corrector_steps": args.corrector_steps}

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.ablations.rows import COMMITTED, BASE, STUDIES
-from experiments.common import REPO, data_path, pyplot, write_json
+from experiments.common import REPO, pyplot, write_json
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS = (0.0, 1.0, 3.0)
@@ -57,20 +57,15 @@ def train_row(study: str, name: str, row, minutes: float, steps: int | None = No
 def evaluate_row(run: Path, evaluation: dict, num: int | None = None, seed: int = 0) -> dict:
     """The C2DB protocol (module docstring) on ``run``'s final checkpoint."""
     from agedi_jax.checkpoint import load_model
-    from agedi_jax.data import load_c2db_csv
     from experiments.two_d.evaluate_cfg import accuracy_table
     from experiments.two_d.guided_sampling import (
+        labelled_val,
         layer_groups,
         sample_templates,
         validity_summary,
     )
 
-    ds = load_c2db_csv(data_path("c2db/val.csv"))
-    structures, targets = list(ds.structures), np.asarray(ds.labels, int)
-    if num is not None:
-        structures, targets = structures[:num], targets[:num]
-    keep = targets > 0
-    structures, targets = [s for s, k in zip(structures, keep) if k], targets[keep]
+    structures, targets = labelled_val(num)
     model, params, config = load_model(run / "checkpoints" / "latest")
     seed = int(evaluation.get("seed", seed))
     steps = int(evaluation.get("steps", 100))

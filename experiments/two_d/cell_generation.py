@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import REPO, data_path, pyplot, save_figure, write_json
+from experiments.common import REPO, pyplot, save_figure, write_json
 
 
 def area_per_atom(atoms) -> float:
@@ -55,19 +55,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from agedi_jax import load_model, sample_atoms
-    from agedi_jax.data import load_c2db_csv
     from agedi_jax.evaluation import validity
     from agedi_jax.evaluation.crystals import match_rate
-    from experiments.two_d.guided_sampling import layer_groups
+    from experiments.two_d.guided_sampling import labelled_val, layer_groups
 
     run = Path(args.run)
     model, params, config = load_model(run)
-    ds = load_c2db_csv(data_path("c2db/val.csv"))
-    refs, labels = list(ds.structures), np.asarray(ds.labels, int)
-    if args.num is not None:
-        refs, labels = refs[: args.num], labels[: args.num]
-    keep = labels > 0
-    refs, labels = [a for a, k in zip(refs, keep) if k], labels[keep]
+    refs, labels = labelled_val(args.num)
     formulas = [a.get_chemical_formula(mode="all") for a in refs]
     out: dict = dict(run=str(run.resolve().relative_to(REPO)) if run.resolve().is_relative_to(REPO) else run.name,
                      n=len(refs), steps=args.steps, sampler=args.sampler, seed=args.seed, weights={},

@@ -94,6 +94,18 @@ def schedule_inverse(sde, t_eps: float, num: int = 200_001):
     return t_of, std_of
 
 
+def labelled_val(num: int | None = None) -> tuple[list, np.ndarray]:
+    """The C2DB validation structures that have a layer group (``val.csv`` of the shared
+    data, the first ``num`` rows only if given) and their groups ``[n]`` int."""
+    from agedi_jax.data import load_c2db_csv
+    from experiments.common import data_path
+
+    ds = load_c2db_csv(data_path("c2db/val.csv"))
+    structures, labels = list(ds.structures)[:num], np.asarray(ds.labels, int)[:num]
+    keep = labels > 0
+    return [s for s, k in zip(structures, keep) if k], labels[keep]
+
+
 def layer_groups(structures: Sequence[Any], symprec: float = 0.1) -> np.ndarray:
     """Layer groups (spglib, ``symprec`` Å; 0 where spglib fails)."""
     import warnings

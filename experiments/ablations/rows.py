@@ -84,6 +84,9 @@ C2DB: dict[str, Row] = {
     "t_beta_30k_pc100_c12": Row(evaluation={"steps": 100, "sampler": "pc", "options": {"corrector_steps": 12},
                                             "weights": (1, 2, 3)},
                                 of="t_beta_30k", note="t_beta_30k model, predictor-corrector, 12 Langevin steps, 100 steps"),
+    "t_beta_30k_pc100_c12_seed1": Row(evaluation={"steps": 100, "sampler": "pc", "options": {"corrector_steps": 12},
+                                                  "weights": (0, 2), "seed": 1},
+                                      of="t_beta_30k", note="t_beta_30k_pc100_c12 at w = 0 and 2, another sampling seed"),
 }
 
 STUDIES = {"c2db": C2DB}

@@ -126,7 +126,7 @@ def report(study: str, results: dict) -> Path:
             f"| {name} | {rows[name].note if name in rows else ''} | {r.get('minutes') or '—'} | {steps} | "
             f"{tr.get('best_val_loss', '')} ({tr.get('best_val_step', '')}) | {tr.get('final_val_loss', '')} | "
             f"{cell('0.0')} | {cell('1.0')} | {cell('3.0')} | {float(best):g}: {a[best]:.3f} | "
-            f"{r['evaluation']['valid']['1.0']:.3f} |"
+            f"{next(iter(r['evaluation']['valid'].values())) if '1.0' not in r['evaluation']['valid'] else r['evaluation']['valid']['1.0']:.3f} |"
         )
     lines += ["", "![accuracy per row](results/c2db.png)", ""]
     notes = HERE / "NOTES.md"
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
         results = json.loads(path.read_text()) if path.exists() else {}
         results[name] = entry
         write_json(path, results)
-        print(f"{name}: accuracy {evaluation['accuracy']} (w = 0, 1, 3); valid {evaluation['valid']['1.0']}", flush=True)
+        print(f"{name}: accuracy {evaluation['accuracy']}; valid {evaluation['valid']}", flush=True)
         report(args.study, results)
     if args.report and results:
         print(f"wrote {report(args.study, results)}")

@@ -19,17 +19,17 @@ from ase.build import bulk, graphene, mx2
 from agedi_jax import lattice as L
 from agedi_jax import samplers
 from agedi_jax.batch import StructureError, collate
-from agedi_jax.config import SampleConfig, preset, replace
+from agedi_jax.config import preset, replace
 from agedi_jax.convert import encode_structures
 from agedi_jax.data import Dataset
 from agedi_jax.edges import image_range
 from agedi_jax.generate import make_templates, sample_atoms
 from agedi_jax.model import build_model, init_state, make_train_step
-from agedi_jax.scores import Scores
 from agedi_jax.sde import make_sde
 from agedi_jax.train import prepare_data
 from agedi_jax.vocab import TypeVocab
 from tests.test_lattice_model import TINY as BULK_TINY
+from tests.test_lattice_model import oracle_cell_sampler
 
 PBC2 = (True, True, False)
 LAYER = np.asarray(L.lattice_mask(np.array(PBC2)))
@@ -223,15 +223,7 @@ def test_sampled_trajectory_keeps_the_vacuum_axis_and_recovers_the_cell(sampler=
     in-plane cell reaches the data's."""
     atoms = toy_layers(2)
     batch = layer_batch(atoms)
-    canon, _ = L.canonicalize(batch)
-    mask = L.graph_lattice_mask(batch)
-    y0 = L.cell_to_coords(LSDE, canon.cell, batch.n_node, mask)
-
-    def score_fn(state, t, key, type_weights=None):
-        y = L.cell_to_coords(LSDE, state.cell, state.n_node, mask)
-        return Scores(positions=jnp.zeros_like(state.positions), cell=L.kernel_score(LSDE, y, y0, t, state.n_node, mask))
-
-    step = samplers.make_step(VE, None, SampleConfig(sampler=sampler), lattice=LSDE, y_max=1.0)
+    canon, mask, y0, score_fn, step = oracle_cell_sampler(batch, sampler, LSDE)
     grid = samplers.time_grid(150, 1e-3)
     real = jnp.asarray(batch.node_mask, bool)
 

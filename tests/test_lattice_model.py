@@ -174,19 +174,26 @@ def test_both_networks_give_an_equivariant_symmetric_cell_output(network):
     np.testing.assert_allclose(np.asarray(out_rot), np.asarray(q @ out @ q.T), atol=1e-4)
 
 
+def oracle_cell_sampler(batch, sampler: str, lsde=LSDE):
+    """(canonical batch, lattice mask, data coordinates y0, the exact cell score of the
+    data cell with a zero position score, the joint lattice step) for oracle sampling tests."""
+    canon, _ = L.canonicalize(batch)
+    mask = L.graph_lattice_mask(batch)
+    y0 = L.cell_to_coords(lsde, canon.cell, batch.n_node, mask)
+
+    def score_fn(state, t, key, type_weights=None):
+        y = L.cell_to_coords(lsde, state.cell, state.n_node, mask)
+        return Scores(positions=jnp.zeros_like(state.positions), cell=L.kernel_score(lsde, y, y0, t, state.n_node, mask))
+
+    step = samplers.make_step(VE, None, SampleConfig(sampler=sampler), lattice=lsde, y_max=1.0)
+    return canon, mask, y0, score_fn, step
+
+
 @pytest.mark.parametrize("sampler", ["em", "ode"])
 def test_cell_sampler_recovers_the_data_cell_from_an_oracle_score(sampler):
     atoms = [bulk("NaCl", "rocksalt", a=5.6), bulk("Cu", "fcc", a=3.6) * (2, 1, 1)]
     batch = _batch(atoms)
-    canon, _ = L.canonicalize(batch)
-    mask = L.graph_lattice_mask(batch)
-    y0 = L.cell_to_coords(LSDE, canon.cell, batch.n_node, mask)
-
-    def score_fn(state, t, key, type_weights=None):
-        y = L.cell_to_coords(LSDE, state.cell, state.n_node, mask)
-        return Scores(positions=jnp.zeros_like(state.positions), cell=L.kernel_score(LSDE, y, y0, t, state.n_node, mask))
-
-    step = samplers.make_step(VE, None, SampleConfig(sampler=sampler), lattice=LSDE, y_max=1.0)
+    canon, mask, y0, score_fn, step = oracle_cell_sampler(batch, sampler)
     state = L.crystal_prior_sample(jax.random.PRNGKey(0), LSDE, batch, 1.0)
     grid = samplers.time_grid(200, 1e-3)
     out = jax.jit(lambda k, s: samplers.sample(k, s, score_fn, step, grid, None))(jax.random.PRNGKey(1), state)

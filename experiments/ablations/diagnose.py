@@ -25,7 +25,7 @@ from collections import Counter
 
 import numpy as np
 
-from experiments.ablations.rows import COMMITTED
+from experiments.ablations.rows import COMMITTED, final_checkpoint
 from experiments.common import REPO, write_json
 
 TOLERANCES = (0.05, 0.1, 0.2, 0.3, 0.5)
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
 
     structures, targets = labelled_val(args.num)
     run = REPO / args.run
-    model, params, config = load_model(run / "checkpoints" / "latest")
+    model, params, config = load_model(final_checkpoint(run))
     options = {} if args.corrector_steps is None else {"corrector_steps": args.corrector_steps}
     t0 = time.perf_counter()
     samples = sample_templates(model, params, structures, targets, (args.w,), steps=args.steps, seed=args.seed,

@@ -36,6 +36,13 @@ BASE = (
 )
 """The committed CPU model's settings (``experiments/two_d/runs/cpu_geo``), preset ``c2db``."""
 
+def final_checkpoint(run):
+    """The end-of-training checkpoint of a run directory: ``checkpoints/latest``, or the
+    parameters-only export ``checkpoints/params`` of a committed run."""
+    latest = run / "checkpoints" / "latest"
+    return latest if latest.exists() else run / "checkpoints" / "params"
+
+
 COMMITTED = "experiments/two_d/runs/cpu_geo"
 """The committed C2DB model (BASE settings, 30,744 steps): the sampler rows evaluate it."""
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.ablations.rows import COMMITTED, BASE, STUDIES
+from experiments.ablations.rows import COMMITTED, final_checkpoint, BASE, STUDIES
 from experiments.common import REPO, pyplot, write_json
 
 HERE = Path(__file__).resolve().parent
@@ -66,7 +66,7 @@ def evaluate_row(run: Path, evaluation: dict, num: int | None = None, seed: int 
     )
 
     structures, targets = labelled_val(num)
-    model, params, config = load_model(run / "checkpoints" / "latest")
+    model, params, config = load_model(final_checkpoint(run))
     seed = int(evaluation.get("seed", seed))
     steps = int(evaluation.get("steps", 100))
     sampler = evaluation.get("sampler", "em")
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
             training = training_summary(run)
         else:
             run = HERE / "runs" / args.study / row.of if row.of in rows else REPO / row.of
-            if not (run / "checkpoints" / "latest").exists():
+            if not (run / "checkpoints").is_dir():
                 raise SystemExit(f"row {name} evaluates {row.of!r}, which has no checkpoint yet (train that row first)")
             training = None
         evaluation = evaluate_row(run, row.evaluation, args.num)

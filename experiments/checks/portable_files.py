@@ -90,7 +90,7 @@ def main(argv=None) -> int:
             changed.append(name)
             if not args.check:
                 path.write_text(new)
-    for meta in [REPO / f for f in files if f.endswith("checkpoints/best/meta.json") or f.endswith("checkpoints/latest/meta.json")]:
+    for meta in [REPO / f for f in files if f.endswith(("checkpoints/best/meta.json", "checkpoints/latest/meta.json", "checkpoints/params/meta.json"))]:
         if fix_checkpoint(meta.parent, write=not args.check):
             changed.append(str(meta.relative_to(REPO)) + " (digests / data spec / config hash)")
     print("\n".join(changed) if changed else "nothing to change")

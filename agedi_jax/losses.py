@@ -52,6 +52,7 @@ import jax.numpy as jnp
 from agedi_jax import discrete
 from agedi_jax import lattice as lattice_lib
 from agedi_jax.batch import AtomsBatch
+from agedi_jax.edges import compact_edges, edge_budget
 from agedi_jax.geometry import free_atoms
 from agedi_jax.keys import atom_keys, graph_beta, graph_uniform
 from agedi_jax.scores import PARAMETRIZATIONS, Scores, output_to_eps
@@ -101,6 +102,9 @@ class LossConfig:
       lambda_lattice: weight λ_L of the lattice term.
       lattice_y_max: eigenvalue floor ``ℓ_N e^{−y_max}`` of the noised cells
         (:func:`agedi_jax.lattice.floor_cells`).
+      edges_per_atom, cutoff: the network's edge budget (``model.edges_per_atom``; 0 =
+        none) and cutoff (Å): graphs of the noised batch whose real edges do not fit the
+        budget (:func:`agedi_jax.edges.compact_edges`) are left out of every term.
     """
 
     sde: Optional[SDE] = VESDE()
@@ -119,6 +123,8 @@ class LossConfig:
     lattice: Optional[lattice_lib.LatticeSDE] = None
     lambda_lattice: float = 1.0
     lattice_y_max: float = 1.0
+    edges_per_atom: float = 0.0
+    cutoff: float = 0.0
 
     def __post_init__(self) -> None:
         if self.sde is None and self.process is None:
@@ -153,6 +159,8 @@ class LossConfig:
                 raise ValueError("LossConfig.lattice needs a periodic position SDE (VESDE) for the fractional coordinates")
             if self.lambda_lattice < 0 or not self.lattice_y_max > 0:
                 raise ValueError("LossConfig: lambda_lattice must be >= 0 and lattice_y_max > 0")
+        if self.edges_per_atom < 0 or (self.edges_per_atom > 0 and not self.cutoff > 0):
+            raise ValueError("LossConfig: edges_per_atom must be >= 0, with a cutoff > 0 Å when it is set")
 
 
 # --------------------------------------------------------------------------------------
@@ -298,6 +306,11 @@ def joint_loss(
         zt = jax.vmap(corrupt_one)(atom_keys(k_types, batch), z0, t_atom_z, fixed)
         noisy = noisy._replace(types=zt)
 
+    complete = None
+    if config.edges_per_atom > 0:
+        budget = edge_budget(config.edges_per_atom, batch.num_nodes)
+        complete = compact_edges(noisy, config.cutoff, budget)[1]
+        counted = counted & complete[gi]
     out = apply_fn(params, noisy, t, label)
     zero = jnp.zeros((), dtype)
     loss_r, loss_z = zero, zero
@@ -320,7 +333,10 @@ def joint_loss(
     if config.lattice is not None:
         if out.cell is None:
             raise ValueError("joint_loss: the network returned no cell output but the config has a lattice process")
-        loss_l = lattice_loss(out.cell, eps_cell, lattice_lib.graph_lattice_mask(batch))
+        cell_mask = lattice_lib.graph_lattice_mask(batch)
+        if complete is not None:
+            cell_mask = cell_mask & complete[:, None, None]
+        loss_l = lattice_loss(out.cell, eps_cell, cell_mask)
         loss = loss + config.lambda_lattice * loss_l
         metrics["loss_lattice"] = loss_l
     if energy_fn is not None:
@@ -330,4 +346,7 @@ def joint_loss(
         terms = energy_force_terms(batch, energy, forces, config.energy_scale)
         loss = loss + config.lambda_energy * terms.loss_energy + config.lambda_forces * terms.loss_forces
         metrics.update({k: v.astype(dtype) for k, v in terms._asdict().items()})
+    if complete is not None:
+        real = jnp.asarray(batch.graph_mask, bool)
+        metrics["edges_complete"] = jnp.sum(complete & real).astype(dtype) / jnp.maximum(jnp.sum(real), 1).astype(dtype)
     return loss, {"loss": loss, **metrics}

@@ -31,7 +31,8 @@ import optax
 
 from agedi_jax import discrete, forcefield, losses, samplers
 from agedi_jax import sde as sde_lib
-from agedi_jax.batch import AtomsBatch
+from agedi_jax.batch import AtomsBatch, map_arrays
+from agedi_jax.edges import compact_edges, edge_budget
 from agedi_jax.cache import compiled, compute_key  # noqa: F401  (compute_key: public through the model)
 from agedi_jax.config import Config, sde_params, type_schedule_params
 from agedi_jax.layouts import (  # noqa: F401
@@ -108,6 +109,8 @@ class DiffusionModel(NamedTuple):
         unconditional model (``model.num_labels == 0``)."""
         if self.config.model.num_labels == 0:
             label = None
+        if self.config.model.edges_per_atom > 0 and kwargs.get("edges") is None:
+            batch = self.compact(batch)
         out = self.network.apply(self.score_params(params), batch, t, label, **kwargs)
         p = self.config.process
         if out.positions is not None and p.data_scale > 0:
@@ -120,6 +123,25 @@ class DiffusionModel(NamedTuple):
 
             out = out._replace(cell=out.cell + gaussian_cell_eps(self.lattice, batch, t))
         return out
+
+    def compact(self, batch: AtomsBatch) -> AtomsBatch:
+        """The batch with only its edges inside the cutoff, in the static edge budget of
+        ``model.edges_per_atom`` (:func:`agedi_jax.edges.compact_edges`); the batch itself
+        when no budget is set."""
+        per_atom = self.config.model.edges_per_atom
+        if not per_atom > 0:
+            return batch
+        budget = edge_budget(per_atom, batch.num_nodes)
+        return compact_edges(map_arrays(jnp.asarray, batch), self.config.model.cutoff, budget)[0]
+
+    def edges_complete(self, batch: AtomsBatch) -> Array:
+        """``[g]`` bool: graphs whose real edges all fit the edge budget (all True without
+        one)."""
+        per_atom = self.config.model.edges_per_atom
+        if not per_atom > 0:
+            return jnp.ones(batch.num_graphs, bool)
+        budget = edge_budget(per_atom, batch.num_nodes)
+        return compact_edges(map_arrays(jnp.asarray, batch), self.config.model.cutoff, budget)[1]
 
     def score_fn(self, params: Any) -> Callable[..., Scores]:
         """Sampler score function (position score in Å⁻¹, type log-scores; with a lattice
@@ -303,6 +325,8 @@ def build_model(config: Config, vocab: TypeVocab, avg_num_neighbors: float | Non
         lattice=lattice,
         lambda_lattice=t.lambda_lattice,
         lattice_y_max=config.process.lattice_y_max,
+        edges_per_atom=m.edges_per_atom,
+        cutoff=m.cutoff,
     )
     return DiffusionModel(config, vocab, network, sde, process, loss_config, energy_network, lattice)
 

@@ -24,6 +24,7 @@ from agedi_jax.evaluation.crystals import (
     best_of_k,
     composition_fingerprints,
     coverage,
+    coverage_cutoffs,
     crystal_coverage,
     crystal_validity,
     crystal_validity_batch,
@@ -288,6 +289,16 @@ def test_fingerprints_and_crystal_coverage():
     assert out["validity"] == pytest.approx(2 / 3) and out["n_valid"] == 2
     assert out["wdist_density"] == 0.0 and out["wdist_num_elements"] == 0.0
     assert out["cov_recall"] == 1.0 and out["cov_precision"] == 1.0
+    # calibrated cutoffs: the median distance of a held-out structure to the training split
+    cu2 = cu.copy()
+    cu2.set_cell(cu.cell[:] * 1.04, scale_atoms=True)
+    cut = coverage_cutoffs([cu, cu2], [rotated_permuted_supercell(cu), nacl], quantile=0.5, **soap)
+    d = np.linalg.norm(np.subtract(*structure_fingerprints([cu2, cu], **soap)))
+    assert cut["struct_cutoff"] == pytest.approx(0.5 * d, abs=1e-6) and cut["comp_cutoff"] == pytest.approx(0.0)
+    cut1 = coverage_cutoffs([cu, cu2], [cu, nacl], quantile=1.0, **soap)
+    assert cut1["struct_cutoff"] == pytest.approx(d, abs=1e-6)
+    with pytest.raises(ValueError, match="quantile"):
+        coverage_cutoffs([cu], [nacl], quantile=0.0)
 
 
 # --------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from agedi_jax.batch import collate
 from agedi_jax.config import SampleConfig, preset, replace
 from agedi_jax.convert import encode_structures
 from agedi_jax.data import Dataset
+from agedi_jax.edges import compact_edges, edge_vectors
 from agedi_jax.generate import sample_atoms
 from agedi_jax.model import build_model, init_state, make_train_step
 from agedi_jax.scores import Scores
@@ -272,3 +273,68 @@ def test_lattice_config_round_trips_and_old_configs_load(lattice_model, tiny_con
         del old["process"][k]
     del old["train"]["lambda_lattice"]
     assert Config.from_dict(old) == tiny_config
+
+
+def _edge_set(batch, cutoff):
+    """{(sender, receiver, effective shift): vector} of the real edges within ``cutoff``."""
+    e = edge_vectors(batch, cutoff)
+    m = np.asarray(e.mask)
+    s, r = np.asarray(batch.senders)[m], np.asarray(batch.receivers)[m]
+    sh, v = np.rint(np.asarray(e.shifts)[m]).astype(int), np.asarray(e.vectors)[m]
+    return {(int(a), int(b), tuple(c)): x for a, b, c, x in zip(s, r, sh, v)}
+
+
+def test_compact_edges_keeps_exactly_the_real_edges_in_order_and_flags_overflow():
+    atoms = toy_crystals(6)
+    clean = _batch(atoms, cutoff=4.0)
+    noisy = L.floor_cells(LSDE, L.noise_cell(jax.random.PRNGKey(1), LSDE, clean, jnp.full(clean.num_graphs, 0.7))[0], 1.0)
+    full = _edge_set(noisy, 4.0)
+    n_real = len(full)
+    assert 0 < n_real < noisy.num_edges // 4  # the template is mostly images out of range
+    compact, complete = compact_edges(noisy, 4.0, n_real + 5)
+    assert compact.num_edges == n_real + 5 and bool(np.all(complete))
+    assert _edge_set(compact, 4.0).keys() == full.keys()
+    for k, v in _edge_set(compact, 4.0).items():
+        np.testing.assert_allclose(v, full[k], atol=1e-5)
+    recv = np.asarray(compact.receivers)
+    assert np.all(np.diff(recv) >= 0)  # template order kept: receivers stay sorted
+    assert int(np.sum(compact.edge_mask)) == n_real and int(np.sum(compact.n_edge)) == n_real + 5
+    # against ASE's neighbour list of graph 0 at the noised cell
+    from ase.neighborlist import neighbor_list
+
+    a0 = atoms[0].copy()
+    a0.set_cell(np.asarray(noisy.cell[0]))
+    a0.positions = np.asarray(noisy.positions[: len(a0)])
+    assert len(neighbor_list("i", a0, 4.0)) == int(np.asarray(compact.n_edge)[0])
+    # overflow: the last graphs lose edges and are flagged; the kept ones are a prefix
+    per_graph = np.bincount(np.asarray(noisy.graph_index)[np.asarray(noisy.receivers)][
+        np.asarray(edge_vectors(noisy, 4.0).mask)], minlength=noisy.num_graphs)
+    budget = int(per_graph[:2].sum())
+    small, ok = compact_edges(noisy, 4.0, budget)
+    np.testing.assert_array_equal(np.asarray(ok)[: len(atoms)], np.arange(len(atoms)) < 2)
+    assert set(_edge_set(small, 4.0)) <= set(full)
+
+
+def test_an_edge_budget_gives_the_same_outputs_and_loss_as_the_whole_template(lattice_model):
+    data, model, state = lattice_model
+    budgeted = build_model(replace(data.config, model={"edges_per_atom": 60.0}), data.vocab)
+    batch = jax.tree_util.tree_map(jnp.asarray, collate(data.train[:4]))
+    noisy = L.floor_cells(model.lattice, L.noise_cell(jax.random.PRNGKey(2), model.lattice, batch,
+                                                         jnp.full(batch.num_graphs, 0.5))[0], 1.0)
+    t = jnp.full(batch.num_graphs, 0.5)
+    a = model.apply(state.params, noisy, t)
+    b = budgeted.apply(state.params, noisy, t)
+    assert budgeted.compact(noisy).num_edges < noisy.num_edges // 3
+    np.testing.assert_allclose(np.asarray(b.positions), np.asarray(a.positions), atol=2e-5)
+    np.testing.assert_allclose(np.asarray(b.cell), np.asarray(a.cell), atol=2e-5)
+    key = jax.random.PRNGKey(4)
+    la, ma = losses.joint_loss(state.params, model.apply, batch, key, model.loss_config)
+    lb, mb = losses.joint_loss(state.params, budgeted.apply, batch, key, budgeted.loss_config)
+    np.testing.assert_allclose(float(lb), float(la), rtol=1e-5)
+    assert float(mb["edges_complete"]) == 1.0
+    # a budget too small for the batch: graphs are dropped from the loss, and counted
+    tight = build_model(replace(data.config, model={"edges_per_atom": 2.0}), data.vocab)
+    lt, mt = losses.joint_loss(state.params, tight.apply, batch, key, tight.loss_config)
+    assert np.isfinite(float(lt)) and float(mt["edges_complete"]) < 1.0
+    with pytest.raises(ValueError, match="edges_per_atom"):
+        replace(data.config, model={"edges_per_atom": -1.0})

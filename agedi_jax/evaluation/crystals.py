@@ -22,7 +22,9 @@ De novo generation:
   fingerprints and Magpie composition features, both from matminer, which is not
   installed): here structure = element-agnostic SOAP averaged per structure, composition
   = fraction-weighted statistics of a few elemental properties from pymatgen. Coverage
-  figures and cutoffs are therefore *not* comparable with published COV numbers.
+  figures and cutoffs are therefore *not* comparable with published COV numbers;
+  :func:`coverage_cutoffs` calibrates the cutoffs on the data instead (held-out
+  structures against the training split).
 
 Conversions: :func:`to_structure` / :func:`to_atoms` (``pymatgen.io.ase.AseAtomsAdaptor``).
 Every function accepts ``ase.Atoms`` or pymatgen ``Structure``; lengths are in Å,
@@ -46,6 +48,7 @@ __all__ = [
     "composition_fingerprints",
     "coverage",
     "crystal_coverage",
+    "coverage_cutoffs",
     "crystal_validity",
     "crystal_validity_batch",
     "de_novo_metrics",
@@ -626,6 +629,41 @@ def crystal_coverage(
         g_c, r_c = composition_fingerprints(generated), composition_fingerprints(reference)
         kw = dict(generated_comp=standardize(g_c, r_c), reference_comp=standardize(r_c, r_c), comp_cutoff=comp_cutoff)
     return coverage(g_s, r_s, struct_cutoff=struct_cutoff, joint=joint, **kw)
+
+
+def coverage_cutoffs(
+    reference: Sequence[Any],
+    training: Sequence[Any],
+    *,
+    quantile: float = 0.5,
+    **soap_kwargs: Any,
+) -> dict[str, float]:
+    """Coverage cutoffs calibrated on the data, for this module's fingerprints: the
+    ``quantile`` of the distance from each ``reference`` (held-out) structure to its nearest
+    ``training`` structure, for the structure fingerprint and for the composition
+    fingerprint (standardised with the reference's statistics, as
+    :func:`crystal_coverage` does). With the median, the training split itself covers half
+    of the held-out set by construction — so a model's COV-R can be read against a
+    training-set baseline of the same size (a random subset of the training structures),
+    whatever the fingerprint's units.
+
+    Returns:
+      ``{"struct_cutoff", "comp_cutoff", "quantile"}``; the composition cutoff is 0 when
+      every structure has the same composition fingerprint (e.g. carbon only).
+    """
+    if not 0.0 < quantile <= 1.0:
+        raise ValueError(f"coverage_cutoffs: quantile must lie in (0, 1], got {quantile}")
+    reference = _check_all_present(reference, "coverage_cutoffs")
+    training = _check_all_present(training, "coverage_cutoffs")
+    if not reference or not training:
+        raise ValueError("coverage_cutoffs: empty reference or training set")
+    fps = structure_fingerprints(list(reference) + list(training), **soap_kwargs)
+    d_struct = nearest_distances(fps[: len(reference)], fps[len(reference):])
+    r_c = composition_fingerprints(reference)
+    t_c = composition_fingerprints(training)
+    d_comp = nearest_distances(standardize(r_c, r_c), standardize(t_c, r_c))
+    return {"struct_cutoff": float(np.quantile(d_struct, quantile)),
+            "comp_cutoff": float(np.quantile(d_comp, quantile)), "quantile": float(quantile)}
 
 
 def de_novo_metrics(

@@ -12,8 +12,10 @@ curves (Sajjadi et al. 2018) on two feature protocols:
 * ``agnostic``: element-agnostic SOAP (geometry only), 20 clusters, 10 runs — the protocol
   that reacts to position errors (see :func:`agedi_jax.evaluation.soap_features`).
 
-Network evaluations per structure: ``em`` steps + 1, ``ode`` and ``pc`` 2 × steps + 1 (the
-``+ 1`` is the final step that resolves MASK types and denoises).
+Network evaluations per structure: ``em`` steps + 1, ``ode`` 2 × steps + 1, ``pc`` steps × (1 +
+corrector steps) + 1 (the ``+ 1`` is the final step that resolves MASK types and denoises). A
+setting may also set sampler options: ``em:500:grid=quadratic``,
+``pc:200:corrector_steps=3,snr=0.05`` (grid, snr, corrector_steps, denoise).
 
     python -m experiments.benchmarks.quality --run experiments/clusters/runs/cpu_gm \\
         --settings em:500 em:100 ode:50 pc:50 --json experiments/benchmarks/results/quality_gm.json
@@ -53,21 +55,42 @@ EVALS = {"em": lambda s: s + 1, "ode": lambda s: 2 * s + 1, "pc": lambda s: 2 * 
 PROTOCOLS = {"paper": dict(element_agnostic=False), "agnostic": dict(element_agnostic=True)}
 
 
-def parse_setting(text: str) -> tuple[str, int]:
-    """``"em:100"`` -> ``("em", 100)``; a clear error otherwise."""
+OPTIONS = {"grid": str, "snr": float, "corrector_steps": int, "denoise": lambda v: v.lower() in ("1", "true", "yes")}
+
+
+def parse_setting(text: str) -> tuple[str, int, dict]:
+    """``"em:100"`` -> ``("em", 100, {})``; ``"pc:200:corrector_steps=3,snr=0.05"`` or
+    ``"em:500:grid=quadratic"`` also set sampler options (:data:`OPTIONS`, fields of
+    ``SampleConfig``); a clear error otherwise."""
+    parts = text.split(":")
     try:
-        kind, steps = text.split(":")
-        steps = int(steps)
-    except ValueError:
-        raise SystemExit(f"setting {text!r}: expected KIND:STEPS, e.g. em:100") from None
+        kind, steps = parts[0], int(parts[1])
+        if len(parts) > 3:
+            raise ValueError
+        options = {}
+        for item in (parts[2].split(",") if len(parts) == 3 and parts[2] else []):
+            key, value = item.split("=")
+            options[key] = OPTIONS[key](value)
+    except (ValueError, IndexError, KeyError):
+        raise SystemExit(f"setting {text!r}: expected KIND:STEPS[:OPTION=VALUE,...], e.g. em:100 or "
+                         f"pc:200:corrector_steps=3,snr=0.05 (options: {sorted(OPTIONS)})") from None
     if kind not in EVALS or steps < 1:
         raise SystemExit(f"setting {text!r}: KIND is one of {sorted(EVALS)}, STEPS >= 1")
-    return kind, steps
+    return kind, steps, options
 
 
-def sample_setting(model, params, sizes, kind: str, steps: int, seed: int, batch: int) -> tuple[list, dict]:
+def network_evaluations(kind: str, steps: int, options: dict) -> int:
+    """Network evaluations per structure (the final step included)."""
+    if kind == "pc":
+        return steps * (1 + int(options.get("corrector_steps", 1))) + 1
+    return EVALS[kind](steps)
+
+
+def sample_setting(model, params, sizes, kind: str, steps: int, seed: int, batch: int,
+                   options: dict | None = None) -> tuple[list, dict]:
     """Sample one cluster per entry of ``sizes`` (shuffled into batches of ``batch``) with
-    the sampler ``kind`` and ``steps`` steps; returns (structures, timing dict)."""
+    the sampler ``kind``, ``steps`` steps and further sampler ``options``; returns
+    (structures, timing dict)."""
     import jax
     import jax.numpy as jnp
 
@@ -76,7 +99,8 @@ def sample_setting(model, params, sizes, kind: str, steps: int, seed: int, batch
     from agedi_jax.convert import atoms_from_batch, encode_structures
     from agedi_jax.generate import make_sampler, make_templates
 
-    cfg = replace(model.config, sample=dict(sampler=kind, steps=steps))
+    options = dict(options or {})
+    cfg = replace(model.config, sample=dict(sampler=kind, steps=steps, **options))
     order = np.random.default_rng(seed).permutation(len(sizes))
     structures, _ = make_templates(model, n_atoms=[int(sizes[i]) for i in order], num_samples=1)
     enc = encode_structures(structures, model.vocab, cfg.model.cutoff, max_atoms=cfg.data.max_atoms)
@@ -113,8 +137,9 @@ def sample_setting(model, params, sizes, kind: str, steps: int, seed: int, batch
             atoms.pbc = False
             out[order[k * batch + j]] = atoms
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    n_evals = EVALS[kind](steps)
-    return out, dict(kind=kind, steps=steps, evals=n_evals, seed=seed, n=len(sizes), batches=len(chunks),
+    n_evals = network_evaluations(kind, steps, options)
+    extra = {"options": options} if options else {}
+    return out, dict(kind=kind, steps=steps, **extra, evals=n_evals, seed=seed, n=len(sizes), batches=len(chunks),
                      bucket=[bucket.n_node, bucket.n_edge, bucket.n_graph], compile_s=round(compile_s, 1),
                      sample_s=round(wall, 1), sample_cpu_s=round(cpu, 1),
                      structures_per_s=round(len(sizes) / wall, 3), load_average=round(os.getloadavg()[0], 2))
@@ -194,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(args.json.read_text())
         if old.get("run") == result["run"] and old.get("n_reference") == len(reference):
             result["rows"] = old.get("rows", [])
-    done = {(r["kind"], r["steps"], r.get("seed")) for r in result["rows"]}
+    def key(kind, steps, seed, options=None):
+        return kind, steps, seed, json.dumps(options or {}, sort_keys=True)
+
+    done = {key(r["kind"], r["steps"], r.get("seed"), r.get("options")) for r in result["rows"]}
 
     def save():
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for item in args.extra:
         name, path = item.split("=", 1)
-        if (name, 0, None) in done:
+        if key(name, 0, None) in done:
             continue
         samples = read(path, ":")
         for a in samples:
@@ -214,10 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         save()
         print(json.dumps(row), flush=True)
     for text in args.settings:
-        kind, steps = parse_setting(text)
-        if (kind, steps, args.seed) in done:
+        kind, steps, options = parse_setting(text)
+        if key(kind, steps, args.seed, options) in done:
             continue
-        samples, row = sample_setting(model, params, sizes, kind, steps, args.seed, args.batch)
+        samples, row = sample_setting(model, params, sizes, kind, steps, args.seed, args.batch, options)
         t0 = time.perf_counter()
         row.update(scorer(samples))
         row["score_s"] = round(time.perf_counter() - t0, 1)

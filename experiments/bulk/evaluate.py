@@ -87,6 +87,8 @@ def main(argv=None) -> None:
     ap.add_argument("--k-subset", type=int, default=50, help="first this many validation structures for best-of-k")
     ap.add_argument("--k-steps", type=int, default=0, help="sampler steps of best-of-k and de novo (0 = the config's)")
     ap.add_argument("--de-novo", type=int, default=0, help="de novo samples (number of atoms given; 0 = skip)")
+    ap.add_argument("--de-novo-only", action="store_true",
+                    help="keep results/<name>.json and recompute only its de novo part (same seed: same samples)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--no-dedup", action="store_true", help="skip the train/val duplicate analysis")
@@ -120,6 +122,19 @@ def main(argv=None) -> None:
     ref = val[:n]
     formulas = [_formula(a) for a in ref]
     print(f"{len(ds)} structures: {len(train_idx)} train, {len(val_idx)} val; evaluating {n}", flush=True)
+    if args.de_novo_only:
+        out_json = HERE / "results" / f"{args.name}.json"
+        results = json.loads(out_json.read_text())
+        if results.get("run") != _rel(run):
+            raise SystemExit(f"{out_json} holds run {results.get('run')!r}, not {_rel(run)!r}")
+        count = args.de_novo or results.get("de_novo", {}).get("n") or 100
+        results["de_novo"] = de_novo(model, params, ref, train, count, args.k_steps or steps, args.seed + 2,
+                                     args.batch_size)
+        results.setdefault("commands", []).append(
+            "python -m experiments.bulk.evaluate " + " ".join(sys.argv[1:] if argv is None else argv))
+        write_json(out_json, results)
+        print(f"wrote {_rel(out_json)} (de novo part)")
+        return
 
     results: dict = {
         "run": _rel(run),
@@ -223,29 +238,45 @@ def main(argv=None) -> None:
         write_json(out_json, results)
 
     if args.de_novo > 0:
-        from agedi_jax.evaluation.crystals import de_novo_metrics
-        from agedi_jax.generate import sample_atoms
-
-        sizes = sorted({len(a) for a in ref})
-        t0 = time.perf_counter()
-        gen_dn = []
-        for size in sizes:  # as many per size as the evaluated references have
-            count = sum(len(a) == size for a in ref)
-            reps = max(1, round(args.de_novo * count / n))
-            gen_dn += sample_atoms(model, params, n_atoms=size, num_samples=reps, steps=args.k_steps or steps,
-                                   seed=args.seed + 2, batch_size=bs)
-        secs = time.perf_counter() - t0
-        dn = de_novo_metrics(gen_dn, ref)
-        results["de_novo"] = {**dn, "n_atoms": sizes, "reference": "the evaluated validation structures",
-                              "steps": args.k_steps or steps,
-                              "seed": args.seed + 2, "sample_seconds_with_compile": round(secs, 2)}
-        print(f"de novo {len(gen_dn)}: validity {dn['validity']:.3f}, wdist density {dn['wdist_density']:.3f}, "
-              f"wdist #elements {dn['wdist_num_elements']:.3f}", flush=True)
+        results["de_novo"] = de_novo(model, params, ref, train, args.de_novo, args.k_steps or steps, args.seed + 2, bs)
 
     results["total_seconds"] = round(time.perf_counter() - t_start, 1)
     write_json(HERE / "results" / f"{args.name}.json", results)
     _plots(args.name, results, ref, gen_main, mr_main)
     print(f"wrote {_rel(HERE / 'results' / (args.name + '.json'))} ({results['total_seconds']} s)")
+
+
+def de_novo(model, params, ref: list, train: list, count: int, steps: int, seed: int, bs: int) -> dict:
+    """De novo generation (number of atoms given): ``count`` samples with the size mix of
+    ``ref``; validity, density and element-count Wasserstein distances to ``ref``, and
+    coverage (COV-R / COV-P) with cutoffs calibrated on the data
+    (:func:`agedi_jax.evaluation.crystals.coverage_cutoffs`: the median distance of a
+    held-out structure to its nearest training structure), next to the same figures of a
+    random training subset of the same size (the "copy the training set" baseline)."""
+    from agedi_jax.evaluation.crystals import coverage_cutoffs, crystal_coverage, de_novo_metrics
+    from agedi_jax.generate import sample_atoms
+
+    n = len(ref)
+    sizes = sorted({len(a) for a in ref})
+    t0 = time.perf_counter()
+    gen = []
+    for size in sizes:  # as many per size as the evaluated references have
+        reps = max(1, round(count * sum(len(a) == size for a in ref) / n))
+        gen += sample_atoms(model, params, n_atoms=size, num_samples=reps, steps=steps, seed=seed, batch_size=bs)
+    secs = time.perf_counter() - t0
+    cut = coverage_cutoffs(ref, train)
+    dn = de_novo_metrics(gen, ref, struct_cutoff=cut["struct_cutoff"], comp_cutoff=cut["comp_cutoff"])
+    rng = np.random.default_rng(seed)
+    copies = [train[i] for i in rng.choice(len(train), size=min(len(gen), len(train)), replace=False)]
+    base = crystal_coverage(copies, ref, struct_cutoff=cut["struct_cutoff"], comp_cutoff=cut["comp_cutoff"])
+    out = {**dn, "n_atoms": sizes, "reference": "the evaluated validation structures", "steps": steps, "seed": seed,
+           "sample_seconds_with_compile": round(secs, 2), "coverage_cutoffs": cut,
+           "coverage_baseline": {"what": f"{len(copies)} random training structures (seed {seed})", **base}}
+    print(f"de novo {len(gen)}: validity {dn['validity']:.3f}, wdist density {dn['wdist_density']:.3f}, "
+          f"wdist #elements {dn['wdist_num_elements']:.3f}, COV-R {dn['cov_recall']:.3f}, COV-P "
+          f"{dn['cov_precision']:.3f} (training copies: {base['cov_recall']:.3f} / {base['cov_precision']:.3f}; "
+          f"cutoffs {cut['struct_cutoff']:.4f} / {cut['comp_cutoff']:.3f})", flush=True)
+    return out
 
 
 def plot_sweep(name: str, results: dict) -> None:

@@ -726,8 +726,9 @@ def preset(name: str) -> Config:
         )
     if name == "c2db_cell":
         base = dataclasses.replace(preset("c2db"), name="c2db_cell")
-        # the lattice step has no corrector: Euler–Maruyama as before
-        return replace(base, process={"lattice": "log", "lattice_y_max": 1.2},
+        # the lattice step has no corrector: Euler–Maruyama as before. Edge budget: the
+        # template holds ~21x the real edges (at most ~20 per atom slot in noised batches)
+        return replace(base, process={"lattice": "log", "lattice_y_max": 1.2}, model={"edges_per_atom": 32.0},
                        sample={"sampler": "em", "steps": 500, "corrector_steps": 1})
     if name in ("perov5", "carbon24"):
         perov = name == "perov5"

@@ -213,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     scorer = Scorer(reference, runs=args.runs)
     print(f"reference features in {time.perf_counter() - t0:.0f} s", flush=True)
-    result: dict = dict(run=str(args.run), n_reference=len(reference), runs=args.runs, protocols=list(PROTOCOLS),
+    try:  # repository-relative in the results file (no machine path)
+        run_name = str(Path(args.run).resolve().relative_to(HERE.parents[1]))
+    except ValueError:
+        run_name = str(args.run)
+    result: dict = dict(run=run_name, n_reference=len(reference), runs=args.runs, protocols=list(PROTOCOLS),
                         xla_flags=os.environ.get("XLA_FLAGS", ""), rows=[])
     if args.json.exists():  # resume: keep rows already computed with the same reference
         old = json.loads(args.json.read_text())

@@ -251,9 +251,15 @@ def de_novo(model, params, ref: list, train: list, count: int, steps: int, seed:
     ``ref``; validity, density and element-count Wasserstein distances to ``ref``, and
     coverage (COV-R / COV-P) with cutoffs calibrated on the data
     (:func:`agedi_jax.evaluation.crystals.coverage_cutoffs`: the median distance of a
-    held-out structure to its nearest training structure), next to the same figures of a
-    random training subset of the same size (the "copy the training set" baseline)."""
-    from agedi_jax.evaluation.crystals import coverage_cutoffs, crystal_coverage, de_novo_metrics
+    held-out structure to its nearest structure in a random training subset as large as the
+    generated set), next to the same figures of another such subset (the "copy the training
+    set" baseline; coverage grows with the set's size, so both have the generated set's)."""
+    from agedi_jax.evaluation.crystals import (
+        coverage_cutoffs,
+        crystal_coverage,
+        crystal_validity_batch,
+        de_novo_metrics,
+    )
     from agedi_jax.generate import sample_atoms
 
     n = len(ref)
@@ -264,18 +270,28 @@ def de_novo(model, params, ref: list, train: list, count: int, steps: int, seed:
         reps = max(1, round(count * sum(len(a) == size for a in ref) / n))
         gen += sample_atoms(model, params, n_atoms=size, num_samples=reps, steps=steps, seed=seed, batch_size=bs)
     secs = time.perf_counter() - t0
-    cut = coverage_cutoffs(ref, train)
+    # coverage depends on the size of the generated set: calibrate on, and compare with, random
+    # training subsets of that size (two different ones)
+    m = min(len(gen), len(train))
+    calib = [train[i] for i in np.random.default_rng(seed + 1).choice(len(train), size=m, replace=False)]
+    copies = [train[i] for i in np.random.default_rng(seed).choice(len(train), size=m, replace=False)]
+    cut = coverage_cutoffs(ref, calib, quantile=0.5)
     dn = de_novo_metrics(gen, ref, struct_cutoff=cut["struct_cutoff"], comp_cutoff=cut["comp_cutoff"])
-    rng = np.random.default_rng(seed)
-    copies = [train[i] for i in rng.choice(len(train), size=min(len(gen), len(train)), replace=False)]
     base = crystal_coverage(copies, ref, struct_cutoff=cut["struct_cutoff"], comp_cutoff=cut["comp_cutoff"])
+    valid = [g for g, ok in zip(gen, crystal_validity_batch(gen)["valid"]) if ok]
+    for name, pool in (("model", valid), ("baseline", copies)):  # which fingerprint fails
+        split = {"structure_only": crystal_coverage(pool, ref, struct_cutoff=cut["struct_cutoff"]),
+                 "composition_only": crystal_coverage(pool, ref, struct_cutoff=np.inf, comp_cutoff=cut["comp_cutoff"])}
+        (dn if name == "model" else base)["by_fingerprint"] = split
     out = {**dn, "n_atoms": sizes, "reference": "the evaluated validation structures", "steps": steps, "seed": seed,
-           "sample_seconds_with_compile": round(secs, 2), "coverage_cutoffs": cut,
-           "coverage_baseline": {"what": f"{len(copies)} random training structures (seed {seed})", **base}}
+           "sample_seconds_with_compile": round(secs, 2),
+           "coverage_cutoffs": {**cut, "calibrated_on": f"{m} random training structures (seed {seed + 1})"},
+           "coverage_baseline": {"what": f"{m} other random training structures (seed {seed})", **base}}
     print(f"de novo {len(gen)}: validity {dn['validity']:.3f}, wdist density {dn['wdist_density']:.3f}, "
           f"wdist #elements {dn['wdist_num_elements']:.3f}, COV-R {dn['cov_recall']:.3f}, COV-P "
           f"{dn['cov_precision']:.3f} (training copies: {base['cov_recall']:.3f} / {base['cov_precision']:.3f}; "
-          f"cutoffs {cut['struct_cutoff']:.4f} / {cut['comp_cutoff']:.3f})", flush=True)
+          f"cutoffs {cut['struct_cutoff']:.4f} / {cut['comp_cutoff']:.3f}); by fingerprint: model "
+          f"{dn['by_fingerprint']}, training copies {base['by_fingerprint']}", flush=True)
     return out
 
 

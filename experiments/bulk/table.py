@@ -54,6 +54,18 @@ def main(name: str = "perov5") -> None:
         d = r["de_novo"]
         print(f"de novo: {d['n']} samples, validity {_pct(d['validity'])}, W1 density {d['wdist_density']:.3f} g/cm3, "
               f"W1 #elements {d['wdist_num_elements']:.3f}, reasons {d['reason_counts']}")
+        if "coverage_cutoffs" in d:
+            c, b = d["coverage_cutoffs"], d["coverage_baseline"]
+            print(f"\ncoverage (cutoffs: structure {c['struct_cutoff']:.4f}, composition {c['comp_cutoff']:.3f}, "
+                  f"calibrated on {c['calibrated_on']})\n")
+            print("| set | COV-R | COV-P | structure only: R / P | composition only: R / P |")
+            print("|---|---|---|---|---|")
+            for label, x in ((f"agedi_jax de novo ({d['n_valid']} valid)", d), (b["what"], b)):
+                f = x["by_fingerprint"]
+                so, co = f["structure_only"], f["composition_only"]
+                print(f"| {label} | {_pct(x['cov_recall'])} | {_pct(x['cov_precision'])} | "
+                      f"{_pct(so['cov_recall'])} / {_pct(so['cov_precision'])} | "
+                      f"{_pct(co['cov_recall'])} / {_pct(co['cov_precision'])} |")
 
 
 if __name__ == "__main__":

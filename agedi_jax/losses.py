@@ -309,7 +309,9 @@ def joint_loss(
     complete = None
     if config.edges_per_atom > 0:
         budget = edge_budget(config.edges_per_atom, batch.num_nodes)
-        complete = compact_edges(noisy, config.cutoff, budget)[1]
+        # compact once here (the model's own compaction of a compacted batch is a no-op on
+        # ``budget`` edges, not a second pass over the whole template)
+        noisy, complete = compact_edges(noisy, config.cutoff, budget)
         counted = counted & complete[gi]
     out = apply_fn(params, noisy, t, label)
     zero = jnp.zeros((), dtype)

@@ -134,15 +134,6 @@ class DiffusionModel(NamedTuple):
         budget = edge_budget(per_atom, batch.num_nodes)
         return compact_edges(map_arrays(jnp.asarray, batch), self.config.model.cutoff, budget)[0]
 
-    def edges_complete(self, batch: AtomsBatch) -> Array:
-        """``[g]`` bool: graphs whose real edges all fit the edge budget (all True without
-        one)."""
-        per_atom = self.config.model.edges_per_atom
-        if not per_atom > 0:
-            return jnp.ones(batch.num_graphs, bool)
-        budget = edge_budget(per_atom, batch.num_nodes)
-        return compact_edges(map_arrays(jnp.asarray, batch), self.config.model.cutoff, budget)[1]
-
     def score_fn(self, params: Any) -> Callable[..., Scores]:
         """Sampler score function (position score in Å⁻¹, type log-scores; with a lattice
         the lattice score ``−ε̂_L/std_L`` in lattice coordinates)."""

@@ -81,27 +81,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     model, params, cfg = load_model(args.checkpoint, overrides=args.overrides, use_ema=not args.no_ema)
     n_atoms = [int(x) for x in args.n_atoms.split(",")] if args.n_atoms else None
     compositions = args.composition.split(",") if args.composition else None
+    passed = ("label", "guidance", "sampler", "steps", "grid", "seed", "batch_size", "energy_guidance",
+              "guidance_potential", "z_window", "z_window_absolute")  # same name in sample_atoms
     structures = sample_atoms(
-        model,
-        params,
-        n_atoms=n_atoms,
-        compositions=compositions,
-        templates=template,
-        num_samples=args.num,
-        label=args.label,
-        guidance=args.guidance,
-        interpolate=_parse_interpolate(args.interpolate),
-        sampler=args.sampler,
-        steps=args.steps,
-        grid=args.grid,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        energy_guidance=args.energy_guidance,
-        guidance_potential=args.guidance_potential,
-        formula=args.formula.split(",") if args.formula else None,
-        z_window=args.z_window,
-        z_window_absolute=args.z_window_absolute,
-        progress=not args.quiet,
+        model, params, n_atoms=n_atoms, compositions=compositions, templates=template, num_samples=args.num,
+        interpolate=_parse_interpolate(args.interpolate), formula=args.formula.split(",") if args.formula else None,
+        progress=not args.quiet, **{name: getattr(args, name) for name in passed},
     )
     path = write_extxyz(args.out, structures, model.config)
     print(f"wrote {len(structures)} structures to {path}")

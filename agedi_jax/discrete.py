@@ -539,17 +539,8 @@ def _sample_rows(key: Array, zt: Array, logp: Array) -> Array:
     return jax.random.categorical(key, logp, axis=-1).astype(zt.dtype)
 
 
-def tau_leap_step(
-    key: Array,
-    zt,
-    log_score,
-    t,
-    t_next,
-    process: AbsorbingProcess,
-    fixed=None,
-    *,
-    rate_form: Literal["euler", "integrated"] = "euler",
-) -> Array:
+def tau_leap_step(key: Array, zt, log_score, t, t_next, process: AbsorbingProcess, fixed=None, *,
+                  rate_form: Literal["euler", "integrated"] = "euler") -> Array:
     """One τ-leaping step ``t -> t_next`` for every atom at once (paper Sec. II B).
 
     Samples from :func:`tau_leap_transition`. Args as there plus ``key``; returns ``[n]``

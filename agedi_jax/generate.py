@@ -103,12 +103,8 @@ def _blank(model: DiffusionModel, atoms: Any) -> Any:
 
 
 def make_templates(
-    model: DiffusionModel,
-    *,
-    n_atoms: int | Sequence[int] | None = None,
-    compositions: str | Sequence[str] | None = None,
-    templates: Any = None,
-    num_samples: int | None = None,
+    model: DiffusionModel, *, n_atoms: int | Sequence[int] | None = None,
+    compositions: str | Sequence[str] | None = None, templates: Any = None, num_samples: int | None = None,
     generate_types: bool | None = None,
 ) -> tuple[list, list[bool]]:
     """Template structures and, per template, whether its free atoms' types are generated.

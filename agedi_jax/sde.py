@@ -485,6 +485,15 @@ def check_batch(sde: SDE, batch: AtomsBatch) -> None:
             )
 
 
+def _checked_positions(sde: SDE, batch: AtomsBatch) -> Array:
+    """``batch.positions`` as an array ``[n, 3]`` after validating ``sde`` against ``batch``."""
+    sde.validate()
+    check_batch(sde, batch)
+    x = jnp.asarray(batch.positions)
+    chex.assert_shape(x, (batch.num_nodes, 3))
+    return x
+
+
 def _vp_poison(sde: SDE, batch: AtomsBatch, x: Array) -> Array:
     """NaN out the atoms of periodic graphs under an SDE that cannot act on periodic axes
     (the traced fallback of :func:`check_batch`)."""
@@ -685,12 +694,8 @@ def noise_positions(key: Array, sde: SDE, batch: AtomsBatch, t) -> tuple[AtomsBa
       reflected-normal score (:func:`reflected_normal_score`); zero on fixed and padding
       atoms; ``std`` ``[n]``, the kernel standard deviation of each atom's graph (Å for VE).
     """
-    sde.validate()
-    check_batch(sde, batch)
-    x0 = jnp.asarray(batch.positions)
-    chex.assert_shape(x0, (batch.num_nodes, 3))
-    dtype = x0.dtype
-    gi = batch.graph_index
+    x0 = _checked_positions(sde, batch)
+    dtype, gi = x0.dtype, batch.graph_index
     t_atom = _graph_times(batch, t, dtype)[gi]
     std = sde.std(t_atom)
     m1 = sde.mean_coeff_minus_one(t_atom)
@@ -738,12 +743,8 @@ def prior_sample(key: Array, sde: SDE, batch: AtomsBatch) -> AtomsBatch:
     Returns:
       the batch with new positions ``[n, 3]``.
     """
-    sde.validate()
-    check_batch(sde, batch)
-    x = jnp.asarray(batch.positions)
-    chex.assert_shape(x, (batch.num_nodes, 3))
-    dtype = x.dtype
-    gi = batch.graph_index
+    x = _checked_positions(sde, batch)
+    dtype, gi = x.dtype, batch.graph_index
     free = free_atoms(batch)
     std1 = sde.std(jnp.ones((), dtype))
     m1 = sde.mean_coeff_minus_one(jnp.ones((), dtype))

@@ -400,23 +400,19 @@ def test_missing_path_errors(tmp_path):
             call()
 
 
+def _load_fails(path, content, match: str) -> None:
+    """Write ``content`` (str or bytes) to ``path``; loading it must raise ``DataError(match)``."""
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    with pytest.raises(DataError, match=match):
+        load_dataset(str(path))
+
+
 def test_corrupt_files_raise_naming_the_file(tmp_path):
-    bad_xyz = tmp_path / "bad.xyz"
-    bad_xyz.write_text("3\nnot a comment line\nCu 0 0\nthis is not xyz\n")
-    with pytest.raises(DataError, match="bad.xyz"):
-        load_dataset(str(bad_xyz))
-    bad_db = tmp_path / "bad.db"
-    bad_db.write_bytes(b"SQLite format 3\x00" + b"\x13" * 200)
-    with pytest.raises(DataError, match="bad.db"):
-        load_dataset(str(bad_db))
-    bad_csv = tmp_path / "bad.csv"
-    bad_csv.write_text(",material_id,band_gap,workfunction,cif\n0,X-1,0.0,4.0,\"data_x\n_garbage 1\n\"\n")
-    with pytest.raises(DataError, match=r"bad.csv', row 0 \(X-1\): cannot parse the CIF"):
-        load_dataset(str(bad_csv))
-    not_c2db = tmp_path / "other.csv"
-    not_c2db.write_text("a,b\n1,2\n")
-    with pytest.raises(DataError, match=r"other.csv' is not a C2DB CSV: missing columns"):
-        load_dataset(str(not_c2db))
+    _load_fails(tmp_path / "bad.xyz", "3\nnot a comment line\nCu 0 0\nthis is not xyz\n", "bad.xyz")
+    _load_fails(tmp_path / "bad.db", b"SQLite format 3\x00" + b"\x13" * 200, "bad.db")
+    _load_fails(tmp_path / "bad.csv", ",material_id,band_gap,workfunction,cif\n0,X-1,0.0,4.0,\"data_x\n_garbage 1\n\"\n",
+                r"bad.csv', row 0 \(X-1\): cannot parse the CIF")
+    _load_fails(tmp_path / "other.csv", "a,b\n1,2\n", r"other.csv' is not a C2DB CSV: missing columns")
     qdir = tmp_path / "qcd"
     qdir.mkdir()
     (qdir / "Cu_gap_QCD_relaxed.xyz").write_text("2\nLattice=\"broken\nCu 0 0 0\n")
@@ -425,14 +421,8 @@ def test_corrupt_files_raise_naming_the_file(tmp_path):
 
 
 def test_empty_inputs_raise_naming_the_file(tmp_path):
-    empty = tmp_path / "empty.xyz"
-    empty.write_text("")
-    with pytest.raises(DataError, match="empty.xyz' is empty"):
-        load_dataset(str(empty))
-    header_only = tmp_path / "head.csv"
-    header_only.write_text(",material_id,band_gap,workfunction,cif\n")
-    with pytest.raises(DataError, match="head.csv' contains no structures"):
-        load_dataset(str(header_only))
+    _load_fails(tmp_path / "empty.xyz", "", "empty.xyz' is empty")
+    _load_fails(tmp_path / "head.csv", ",material_id,band_gap,workfunction,cif\n", "head.csv' contains no structures")
     empty_dir = tmp_path / "nothing"
     empty_dir.mkdir()
     with pytest.raises(DataError, match="holds no"):

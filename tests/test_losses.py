@@ -10,8 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ase import Atoms
-from ase.constraints import FixAtoms
 from scipy.integrate import quad
 
 from agedi_jax import discrete
@@ -23,6 +21,8 @@ from agedi_jax.convert import batch_from_atoms
 from agedi_jax.geometry import remove_com
 from agedi_jax.scores import Scores
 from agedi_jax.vocab import MASK, TypeVocab
+from tests.builders import anchor_batch as _anchor_batch
+from tests.builders import mixed_atoms as _mixed_atoms
 
 VE = S.VESDE(S.VELinearSchedule(0.01, 8.0))
 VP = S.VPSDE(S.VPLinearSchedule(0.1, 20.0))
@@ -33,28 +33,17 @@ S0 = 0.6
 VOCAB = TypeVocab(("H", "C", "O"))
 
 
+def mixed_atoms():
+    return _mixed_atoms(4)
+
+
 def anchor_batch(n_graphs: int, n_free: int) -> AtomsBatch:
     """Graphs of one fixed anchor at the origin + ``n_free`` free atoms with data
-    N(MU, S0²) (drawn here), one padding atom and graph."""
-    per = n_free + 1
-    n_real = n_graphs * per
-    n, g = n_real + 1, n_graphs + 1
-    gi = np.full(n, g - 1, np.int32)
-    gi[:n_real] = np.repeat(np.arange(n_graphs), per)
-    fixed = np.zeros(n, bool)
-    fixed[:n_real:per] = True
-    free = (np.arange(n) < n_real) & ~fixed
-    x = np.where(free[:, None], MU + S0 * np.random.default_rng(0).normal(size=(n, 3)), 0.0)
-    n_node = np.zeros(g, np.int32)
-    n_node[:n_graphs] = per
-    n_node[-1] = 1
-    return AtomsBatch(
-        positions=x.astype(np.float32), types=np.where(np.arange(n) < n_real, 2, 0).astype(np.int32),
-        cell=np.zeros((g, 3, 3)), pbc=np.zeros((g, 3), bool), node_mask=np.arange(n) < n_real,
-        graph_mask=np.arange(g) < n_graphs, graph_index=gi, n_node=n_node, label=np.zeros(g, np.int32),
-        fixed=fixed, senders=np.full(1, n - 1, np.int32), receivers=np.full(1, n - 1, np.int32),
-        shifts=np.zeros((1, 3)), edge_mask=np.zeros(1, bool), n_edge=np.array([0] * (g - 1) + [1], np.int32),
-    )
+    N(MU, S0²) (drawn here), one padding atom and graph (:func:`tests.builders.anchor_batch`)."""
+    b = _anchor_batch(n_graphs, n_free, anchor_type=2, free_type=2, pad_type=0)
+    free = b.node_mask & ~b.fixed
+    x = np.where(free[:, None], MU + S0 * np.random.default_rng(0).normal(size=(len(free), 3)), 0.0)
+    return b._replace(positions=x.astype(np.float32))
 
 
 def exact_apply(sde, parametrization):
@@ -164,14 +153,6 @@ def toy_apply(params, batch, t, label, fixed_output=0.0):
     return Scores(positions=remove_com(batch, pos), types=types)
 
 
-def mixed_atoms():
-    rng = np.random.default_rng(4)
-    cl = Atoms("C4H2", positions=rng.normal(size=(6, 3)) + 2.0)
-    fx = Atoms("C2O3", positions=rng.normal(size=(5, 3)))
-    fx.set_constraint(FixAtoms(indices=[1, 3]))
-    cell = np.array([[3.2, 0, 0], [-1.6, 3.2 * math.sqrt(3) / 2, 0], [0, 0, 16.0]])
-    sh = Atoms("CO2", cell=cell, pbc=(True, True, False), scaled_positions=[[0.1, 0.2, 0.5], [0.6, 0.7, 0.55], [0.3, 0.9, 0.45]])
-    return [cl, fx, sh]
 
 
 JOINT = L.LossConfig(sde=VE, process=PROCESS, lambda_positions=1.0, lambda_types=0.5, p_uncond=0.3)

@@ -10,8 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ase import Atoms
-from ase.constraints import FixAtoms
 
 from agedi_jax import discrete
 from agedi_jax import samplers as SM
@@ -21,6 +19,8 @@ from agedi_jax.convert import batch_from_atoms
 from agedi_jax.geometry import graph_mean
 from agedi_jax.vocab import MASK, TypeVocab
 from agedi_jax.scores import Scores
+from tests.builders import anchor_batch as _anchor_batch
+from tests.builders import mixed_atoms as _mixed_atoms
 
 VE = S.VESDE(S.VELinearSchedule(0.01, 8.0))
 VP = S.VPSDE(S.VPLinearSchedule(0.1, 20.0))
@@ -32,27 +32,11 @@ PROCESS = discrete.AbsorbingProcess(K)
 P0 = np.array([0.5, 0.3, 0.2])  # type distribution of the free atoms
 
 
+
+
 def anchor_batch(n_graphs: int, n_free: int, pad_atoms: int = 1, pad_graphs: int = 1) -> AtomsBatch:
-    """Graphs of one fixed anchor atom (type 1) at the origin plus ``n_free`` free atoms
-    (type MASK). The anchor fixes the frame: no zero-CoM projection, the VP centre is the
-    anchor, so free atoms are independent particles with the data N(MU, S0²)."""
-    per = n_free + 1
-    n_real = n_graphs * per
-    n, g = n_real + pad_atoms, n_graphs + pad_graphs
-    gi = np.full(n, g - 1, np.int32)
-    gi[:n_real] = np.repeat(np.arange(n_graphs), per)
-    fixed = np.zeros(n, bool)
-    fixed[:n_real:per] = True
-    n_node = np.zeros(g, np.int32)
-    n_node[:n_graphs] = per
-    n_node[g - 1] = pad_atoms
-    return AtomsBatch(
-        positions=np.zeros((n, 3)), types=np.where(fixed, 1, MASK).astype(np.int32), cell=np.zeros((g, 3, 3)),
-        pbc=np.zeros((g, 3), bool), node_mask=np.arange(n) < n_real, graph_mask=np.arange(g) < n_graphs,
-        graph_index=gi, n_node=n_node, label=np.zeros(g, np.int32), fixed=fixed,
-        senders=np.full(1, n - 1, np.int32), receivers=np.full(1, n - 1, np.int32), shifts=np.zeros((1, 3)),
-        edge_mask=np.zeros(1, bool), n_edge=np.array([0] * (g - 1) + [1], np.int32),
-    )
+    """Anchor graphs (:func:`tests.builders.anchor_batch`): anchor type 1, free atoms MASK."""
+    return _anchor_batch(n_graphs, n_free, pad_atoms, pad_graphs, anchor_type=1, free_type=MASK, pad_type=MASK)
 
 
 def exact_start(sde, batch, seed=0):
@@ -276,15 +260,9 @@ VOCAB = TypeVocab(("H", "C", "O"))
 
 
 def mixed_atoms():
-    rng = np.random.default_rng(9)
-    cl = Atoms("C4H2", positions=rng.normal(size=(6, 3)) + 2.0)
-    fx = Atoms("C2O3", positions=rng.normal(size=(5, 3)))
-    fx.set_constraint(FixAtoms(indices=[1, 3]))
-    cell = np.array([[3.2, 0, 0], [-1.6, 3.2 * math.sqrt(3) / 2, 0], [0, 0, 16.0]])
-    sh = Atoms("CO2", cell=cell, pbc=(True, True, False), scaled_positions=[[0.1, 0.2, 0.5], [0.6, 0.7, 0.55], [0.3, 0.9, 0.45]])
-    sh.set_constraint(FixAtoms(indices=[1]))
-    sh2 = Atoms("C2", cell=cell, pbc=(True, True, False), scaled_positions=[[0.0, 0.0, 0.5], [0.33, 0.66, 0.5]])
-    return [cl, fx, sh, sh2]
+    return _mixed_atoms(9, fixed_sheet=True)
+
+
 
 
 def toy_score_fn(state, t, key, type_weights=None):

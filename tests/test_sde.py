@@ -14,11 +14,12 @@ from ase import Atoms
 from scipy.integrate import quad
 
 from agedi_jax import sde as S
-from agedi_jax.batch import AtomsBatch, Bucket
+from agedi_jax.batch import Bucket
 from agedi_jax.convert import batch_from_atoms
 from agedi_jax.geometry import com_axes, graph_mean, wrap_positions
 from agedi_jax.scores import eps_to_score
 from agedi_jax.vocab import TypeVocab
+from tests.builders import anchor_batch
 
 VOCAB = TypeVocab(("H", "C"))
 SCHEDULES_VE = [S.VELinearSchedule(0.01, 8.0), S.VEGeometricSchedule(0.01, 8.0)]
@@ -28,26 +29,6 @@ TS = [1e-5, 1e-3, 0.1, 0.37, 0.8, 1.0]
 wrapped_score = jax.jit(S.wrapped_normal_score, static_argnames="images")
 
 
-def anchor_batch(n_graphs: int, n_free: int, pad_atoms: int = 1, pad_graphs: int = 1) -> AtomsBatch:
-    """``n_graphs`` graphs of one fixed anchor atom at the origin plus ``n_free`` free atoms
-    (no zero-CoM projection: the anchor fixes the frame), built directly as arrays."""
-    per = n_free + 1
-    n_real = n_graphs * per
-    n, g = n_real + pad_atoms, n_graphs + pad_graphs
-    gi = np.full(n, g - 1, np.int32)
-    gi[:n_real] = np.repeat(np.arange(n_graphs), per)
-    fixed = np.zeros(n, bool)
-    fixed[:n_real:per] = True
-    n_node = np.zeros(g, np.int32)
-    n_node[:n_graphs] = per
-    n_node[g - 1] = pad_atoms
-    return AtomsBatch(
-        positions=np.zeros((n, 3)), types=np.zeros(n, np.int32), cell=np.zeros((g, 3, 3)),
-        pbc=np.zeros((g, 3), bool), node_mask=np.arange(n) < n_real, graph_mask=np.arange(g) < n_graphs,
-        graph_index=gi, n_node=n_node, label=np.zeros(g, np.int32), fixed=fixed,
-        senders=np.full(1, n - 1, np.int32), receivers=np.full(1, n - 1, np.int32), shifts=np.zeros((1, 3)),
-        edge_mask=np.zeros(1, bool), n_edge=np.array([0] * (g - 1) + [1], np.int32),
-    )
 
 
 def mixed_atoms(rng) -> list[Atoms]:

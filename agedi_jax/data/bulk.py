@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from agedi_jax.data.dataset import DataError, Dataset, check_path
+from agedi_jax.data.dataset import DataError, Dataset, check_file, check_path
 
 __all__ = [
     "MATCHER_DEFAULTS",
@@ -163,11 +163,7 @@ def load_bulk_csv(path: str | Path, name: str | None = None, *, dedupe: bool = F
         an empty file or a header without rows, a missing ``cif`` column, an unparsable
         CIF, a CIF whose sites ASE merged, a singular cell or a bad row index.
     """
-    p = check_path(path)
-    if p.is_dir():
-        raise DataError(f"{str(path)!r} is a directory, not a bulk-crystal CSV file")
-    if p.stat().st_size == 0:
-        raise DataError(f"{str(path)!r} is empty (0 bytes): no structures")
+    p = check_file(path, "a bulk-crystal CSV file")
     try:
         with open(p, newline="") as fh:
             reader = csv.DictReader(fh)

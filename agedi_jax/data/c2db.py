@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from agedi_jax.data.dataset import DataError, Dataset, check_path
+from agedi_jax.data.dataset import DataError, Dataset, check_file
 from agedi_jax.symmetry import DEFAULT_SYMPREC, layer_group
 
 PBC_2D = (True, True, False)
@@ -258,9 +258,7 @@ def load_c2db_csv(
     Raises :class:`DataError` naming the file (and the row) for a missing column, an
     unparsable CIF or an empty file.
     """
-    p = check_path(path)
-    if p.is_dir():
-        raise DataError(f"{str(path)!r} is a directory, not a C2DB CSV file")
+    p = check_file(path, "a C2DB CSV file")
     try:
         with open(p, newline="") as fh:
             reader = csv.DictReader(fh)
@@ -389,11 +387,7 @@ def write_ase_db(dataset: Dataset, path: str | Path, overwrite: bool = False) ->
 def _connect(path: str | Path):
     import ase.db
 
-    p = check_path(path)
-    if p.is_dir():
-        raise DataError(f"{str(path)!r} is a directory, not an ASE database")
-    if p.stat().st_size == 0:
-        raise DataError(f"{str(path)!r} is empty (0 bytes): no structures")
+    p = check_file(path, "an ASE database")
     try:
         db = ase.db.connect(str(p))
         n = db.count()

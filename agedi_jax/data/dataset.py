@@ -94,6 +94,17 @@ def check_path(path: str | Path) -> Path:
     return p
 
 
+def check_file(path: str | Path, kind: str) -> Path:
+    """:func:`check_path` for a data file: ``DataError`` naming the path when it is a
+    directory (``"X is a directory, not a <kind>"``) or empty (0 bytes)."""
+    p = check_path(path)
+    if p.is_dir():
+        raise DataError(f"{str(path)!r} is a directory, not {kind}")
+    if p.stat().st_size == 0:
+        raise DataError(f"{str(path)!r} is empty (0 bytes): no structures")
+    return p
+
+
 def pbc_kind(pbc: Sequence[bool]) -> str:
     """Short name of a periodicity: ``'none'`` (cluster), ``'xy'`` (slab / 2D), ``'xyz'``."""
     kind = "".join(axis for axis, p in zip("xyz", np.asarray(pbc, bool)) if p)
@@ -349,11 +360,7 @@ def load_ase_file(
         have it).
       pbc: if given, overrides the periodicity of every frame.
     """
-    p = check_path(path)
-    if p.is_dir():
-        raise DataError(f"{str(path)!r} is a directory, not a structure file")
-    if p.stat().st_size == 0:
-        raise DataError(f"{str(path)!r} is empty (0 bytes): no structures")
+    p = check_file(path, "a structure file")
     frames = read_frames(p, format=format)
     if not frames:
         raise DataError(f"{str(path)!r} contains no structures")

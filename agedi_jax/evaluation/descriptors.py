@@ -142,11 +142,7 @@ def soap_features(
 
 
 def tsne_map(
-    features_a: Any,
-    features_b: Any,
-    perplexity: float = 30.0,
-    seed: int = 0,
-    pca_components: int = 50,
+    features_a: Any, features_b: Any, perplexity: float = 30.0, seed: int = 0, pca_components: int = 50,
     n_threads: int | None = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Joint 2D t-SNE embedding of two feature sets (paper Fig. 4b / 5a / 6b).

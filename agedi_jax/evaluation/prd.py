@@ -170,14 +170,8 @@ def cluster_histograms(
 
 
 def compute_prd_from_embedding(
-    eval_data: Any,
-    ref_data: Any,
-    num_clusters: int = 20,
-    num_angles: int = 1001,
-    num_runs: int = 10,
-    enforce_balance: bool = True,
-    seed: int = 0,
-    n_threads: int | None = 1,
+    eval_data: Any, ref_data: Any, num_clusters: int = 20, num_angles: int = 1001, num_runs: int = 10,
+    enforce_balance: bool = True, seed: int = 0, n_threads: int | None = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """PRD curve of two sets of feature vectors, averaged over ``num_runs`` k-means clusterings.
 

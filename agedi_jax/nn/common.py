@@ -331,16 +331,8 @@ def validate_inputs(
 
 
 def prepare_inputs(
-    batch: AtomsBatch,
-    t: Array,
-    label: Array | None,
-    edges: Edges | None,
-    type_weights: Array | None,
-    *,
-    num_types: int,
-    num_labels: int,
-    cutoff: float,
-    need_edges: bool = True,
+    batch: AtomsBatch, t: Array, label: Array | None, edges: Edges | None, type_weights: Array | None, *,
+    num_types: int, num_labels: int, cutoff: float, need_edges: bool = True,
 ) -> tuple[AtomsBatch, Array, Array | None, Edges | None, Array]:
     """Normalise validated inputs (:func:`validate_inputs`) inside the network's jit.
 

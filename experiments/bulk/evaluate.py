@@ -83,12 +83,14 @@ def main(argv=None) -> None:
     ap.add_argument("--rows", default="0:0", help="comma-separated STEPS:N rows: sampler steps (0 = the config's) "
                     "on the first N validation structures (0 = all); the first row is the main one, and rows on the "
                     "same or more structures make the match-rate vs steps sweep, e.g. 500:100,100:0,250:100")
-    ap.add_argument("--k", type=int, default=0, help="best-of-k samples per structure (0 = skip)")
-    ap.add_argument("--k-subset", type=int, default=50, help="first this many validation structures for best-of-k")
-    ap.add_argument("--k-steps", type=int, default=0, help="sampler steps of best-of-k and de novo (0 = the config's)")
-    ap.add_argument("--de-novo", type=int, default=0, help="de novo samples (number of atoms given; 0 = skip)")
-    ap.add_argument("--de-novo-only", action="store_true",
-                    help="keep results/<name>.json and recompute only its de novo part (same seed: same samples)")
+    best = ap.add_argument_group("best of k (CSP)")
+    best.add_argument("--k", type=int, default=0, help="best-of-k samples per structure (0 = skip)")
+    best.add_argument("--k-subset", type=int, default=50, help="first this many validation structures for best-of-k")
+    best.add_argument("--k-steps", type=int, default=0, help="sampler steps of best-of-k and de novo (0 = the config's)")
+    novo = ap.add_argument_group("de novo generation")
+    novo.add_argument("--de-novo", type=int, default=0, help="de novo samples (number of atoms given; 0 = skip)")
+    novo.add_argument("--de-novo-only", action="store_true",
+                      help="keep results/<name>.json and recompute only its de novo part (same seed: same samples)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--no-dedup", action="store_true", help="skip the train/val duplicate analysis")

@@ -12,13 +12,35 @@ calls it when the first model is built, so every user of the package gets it. Se
 ``AGEDI_JAX_TUNE_MALLOC=0`` to keep glibc's defaults (the cost: a process's resident
 memory no longer shrinks after a peak, e.g. after a large sampling batch). Other C
 libraries (musl, macOS) are left alone.
+
+XLA on the CPU keeps the machine code of every compiled executable mapped in many small
+memory sections (about 1,000–1,500 mappings for a training step of the package's networks;
+the count grows with the number of fused kernels). A long-lived process that compiles or
+loads from the compile cache one executable per batch shape — a long training run meeting a
+new padding bucket or dense layout now and then, a notebook session — eventually reaches
+Linux's per-process limit ``vm.max_map_count`` (65,530 by default) and dies inside LLVM
+with ``LLVM ERROR: Unable to allocate section memory``, however much memory is free.
+:func:`release_compiled` drops JAX's compiled executables before that happens (their code is
+unmapped; the next call of each jitted function compiles again, or loads it from the
+persistent compilation cache); the training loop (:func:`agedi_jax.train.fit`) calls it
+every ``train.log_every`` steps, and so can a notebook.
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 
-__all__ = ["TUNE_MALLOC_ENV", "MALLOC_THRESHOLD", "tune_malloc", "malloc_settings"]
+__all__ = [
+    "MALLOC_THRESHOLD",
+    "MAP_FRACTION",
+    "TUNE_MALLOC_ENV",
+    "malloc_settings",
+    "memory_maps",
+    "release_compiled",
+    "tune_malloc",
+]
 
 TUNE_MALLOC_ENV = "AGEDI_JAX_TUNE_MALLOC"
 """Environment variable: ``0`` (or ``false``, ``no``, ``off``) keeps glibc's defaults."""
@@ -66,3 +88,48 @@ def tune_malloc(force: bool = False) -> dict:
 def malloc_settings() -> dict:
     """``{"applied": bool, "reason": str}`` of :func:`tune_malloc` (empty before it ran)."""
     return dict(_STATE)
+
+
+MAP_FRACTION = 0.6
+"""Share of ``vm.max_map_count`` above which :func:`release_compiled` drops the compiled
+executables (leaves room for the executables a training step compiles between two checks:
+one per new batch shape, ~1,500 mappings each)."""
+
+
+def memory_maps() -> tuple[int, int] | None:
+    """``(mappings held by this process, the kernel's per-process limit vm.max_map_count)``
+    read from ``/proc`` (Linux), or None where ``/proc`` does not have them."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            count = sum(1 for _ in f)
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return count, limit
+
+
+def release_compiled(fraction: float = MAP_FRACTION, *, force: bool = False, quiet: bool = False) -> bool:
+    """Clear JAX's caches of compiled executables (``jax.clear_caches()``) when this process
+    holds more than ``fraction`` of its memory-map limit (``force``: in any case), so that
+    XLA:CPU's code mappings cannot reach ``vm.max_map_count`` (see the module docstring).
+    Results do not change: the next call of a jitted function compiles it again (or loads it
+    from the persistent cache). Returns whether it cleared; says so on stderr unless ``quiet``.
+    A no-op returning False where the mappings cannot be counted (not Linux), unless ``force``.
+    """
+    maps = memory_maps()
+    if not force and (maps is None or maps[0] <= fraction * maps[1]):
+        return False
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+    if not quiet:
+        after = memory_maps()
+        what = "" if maps is None or after is None else (
+            f": {maps[0]:,} of the {maps[1]:,} memory mappings the kernel allows (vm.max_map_count) were in use, "
+            f"{after[0]:,} after")
+        print(f"agedi_jax: cleared JAX's compiled executables{what} (XLA:CPU keeps each executable's machine code "
+              "in many mappings; the functions compile again or load from the compilation cache)",
+              file=sys.stderr, flush=True)
+    return True

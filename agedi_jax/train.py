@@ -57,6 +57,7 @@ from agedi_jax.runlog import (
     plot_losses,
     read_metrics,
 )
+from agedi_jax.runtime import release_compiled
 from agedi_jax.vocab import TypeVocab
 
 __all__ = [
@@ -89,7 +90,7 @@ class _StopRequests:
         self.signum: int | None = None
         self._old: dict = {}
 
-    def __enter__(self) -> "_StopRequests":
+    def __enter__(self) -> _StopRequests:
         import signal
         import threading
 
@@ -456,6 +457,7 @@ def _fit_locked(data: PreparedData, run_dir: Path, *, resume: bool, progress: bo
                 log.write({"step": done, "split": "train", "lr": learning_rate(config, done),
                            "steps_per_s": rate, **m})
                 say.loss(m["loss"])
+                release_compiled()  # XLA:CPU code mappings of many batch shapes (agedi_jax.runtime)
             val_loss = validate(done) if (done % tcfg.val_every == 0 or done == end) else None
             due = wall_every > 0 and time.monotonic() - last_save >= wall_every
             if done % tcfg.checkpoint_every == 0 or done == end or val_loss is not None or due:

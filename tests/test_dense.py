@@ -153,6 +153,31 @@ def test_dense_equals_sparse_clusters_and_cells():
         assert np.all(np.asarray(out.positions)[pad] == 0) and np.all(np.asarray(out.types)[pad] == 0)
 
 
+def test_film_conditioning_dense_equals_sparse_and_starts_as_identity():
+    """FiLM modulation (``film=True``): zero-initialised, so a fresh network gives the
+    outputs of the plain one with the shared parameters; with trained (here random)
+    modulation weights the label changes the output multiplicatively and the dense layout
+    still equals the edge path, rotations still rotate the position output."""
+    film = NET.clone(film=True)
+    params = jax.jit(film.init)(jax.random.PRNGKey(0), CLUSTERS, T_CLUSTERS)
+    plain = {"params": {k: v for k, v in params["params"].items() if not k.startswith("film_")}}
+    assert len(plain["params"]) < len(params["params"])
+    _close(_apply_sparse(plain, CLUSTERS, T_CLUSTERS).positions, _apply(film, params, CLUSTERS, T_CLUSTERS).positions)
+    key = jax.random.PRNGKey(5)
+    params = jax.tree_util.tree_map_with_path(
+        lambda k, x: 0.3 * jax.random.normal(key, x.shape) if "film_" in jax.tree_util.keystr(k) else x, params)
+    ref = _apply(film, params, CLUSTERS, T_CLUSTERS)
+    dense = film.clone(layout=choose_layout(CLUSTERS, CUTOFF, max_ratio=None))
+    out = _apply(dense, params, CLUSTERS, T_CLUSTERS)
+    _close(ref.positions, out.positions)
+    _close(ref.types, out.types)
+    relabelled = _apply(dense, params, CLUSTERS._replace(label=jnp.roll(CLUSTERS.label, 1)), T_CLUSTERS)
+    assert float(jnp.max(jnp.abs(relabelled.positions - out.positions))) > 1e-3
+    rot = jnp.asarray(Rotation.from_euler("xyz", [0.7, 0.2, -1.3]).as_matrix(), jnp.float32)
+    rotated = CLUSTERS._replace(positions=jnp.asarray(CLUSTERS.positions, jnp.float32) @ rot.T)
+    _close(out.positions @ rot.T, _apply(dense, params, rotated, T_CLUSTERS).positions, tol=1e-4)
+
+
 def test_dense_same_parameters():
     dense = _dense(CLUSTERS)
     p2 = jax.eval_shape(dense.init, jax.random.PRNGKey(0), CLUSTERS, T_CLUSTERS)

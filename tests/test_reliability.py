@@ -237,6 +237,35 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, toy_data):
     assert len(sample_atoms(model, params, n_atoms=4, num_samples=1, steps=2)) == 1
 
 
+def test_released_executables_change_nothing(tmp_path, toy_data, tiny_config, trained, monkeypatch, capsys):
+    """Dropping JAX's compiled executables in the middle of a run (what the training loop
+    does when the process nears the kernel's memory-map limit, where XLA:CPU would abort
+    with "LLVM ERROR: Unable to allocate section memory") unmaps their code and leaves the
+    run bitwise the same."""
+    import agedi_jax.train as train_module
+    from agedi_jax import runtime
+
+    maps = runtime.memory_maps()
+    if sys.platform.startswith("linux"):
+        count, limit = maps
+        assert 0 < count < limit
+        assert not runtime.release_compiled(1.0), "never above the whole limit"
+    else:
+        assert maps is None and not runtime.release_compiled(0.0)
+    calls = []
+    monkeypatch.setattr(train_module, "release_compiled", lambda: calls.append(runtime.release_compiled(force=True)))
+    res = fit(tiny_config, tmp_path / "run", progress=False, dataset=toy_data)
+    assert len(calls) == 3 and all(calls)  # every log_every = 2 of 6 steps
+    assert "cleared JAX's compiled executables" in capsys.readouterr().err
+    for a, b in zip(jax.tree.leaves(res.state), jax.tree.leaves(trained.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    if maps is not None:
+        jax.jit(lambda x: x * 2.0 + 1.0)(np.ones(3, np.float32)).block_until_ready()
+        before = runtime.memory_maps()[0]
+        assert runtime.release_compiled(force=True, quiet=True)
+        assert runtime.memory_maps()[0] < before, "the executables' code is unmapped"
+
+
 def test_readme_commands_write_outside_the_repository_root():
     text = (REPO / "README.md").read_text()
     for line in text.splitlines():

@@ -82,6 +82,26 @@ class TypeEmbedding(nn.Module):
         return type_weights @ table.astype(type_weights.dtype)
 
 
+class Modulation(nn.Module):
+    """Feature-wise modulation of per-atom scalars by the per-graph condition (FiLM;
+    "adaLN" of diffusion transformers): ``h ⊙ (1 + γ) + β`` with
+    ``(γ, β) = Dense(silu(cond))[graph_index]``. The Dense starts at zero, so a fresh
+    network computes exactly what it would without the modulation. Multiplicative, where
+    the networks' per-layer ``s += Dense(cond)`` is only additive: the label (and time) can
+    switch features on and off, not just shift them.
+
+    Args (call): ``h`` [n, F] scalars (typically layer-normalised), ``cond`` [g, C],
+    ``graph_index`` [n]. Returns [n, F].
+    """
+
+    @nn.compact
+    def __call__(self, h: Array, cond: Array, graph_index: Array) -> Array:
+        f = h.shape[-1]
+        gb = nn.Dense(2 * f, kernel_init=nn.initializers.zeros, name="dense")(nn.silu(cond))
+        gamma, beta = jnp.split(gb[graph_index].astype(h.dtype), 2, axis=-1)
+        return h * (1.0 + gamma) + beta
+
+
 class Conditioning(nn.Module):
     """Initial scalar node features and the per-graph condition vector.
 

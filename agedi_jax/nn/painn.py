@@ -6,7 +6,8 @@ score (Eqs. 4, 7) and K log concrete scores per atom for the types (Eq. 14).
 Atoms carry scalars ``s`` [n, F] and vectors ``v`` [n, 3, F] (``v = 0`` at the start).
 Per layer, with edge ``i ← j``, direction ``r̂_ij`` and length ``r_ij`` (Å):
 
-* conditioning: ``s += Dense(cond)[graph]`` (time / label, scalars only)
+* conditioning: ``s += Dense(cond)[graph]`` (time / label, scalars only); with ``film``
+  the blocks below also read ``LN(s) ⊙ (1 + γ(cond)) + β(cond)`` (FiLM, zero-initialised)
 * message:  ``(x_s, x_vv, x_vs) = φ(s_j) ⊙ W(r_ij)`` with ``φ = Dense∘silu∘Dense`` and
   ``W = Dense(Bessel(r)·u(r)) · u(r)``;
   ``Δs_i = Σ_j x_s``, ``Δv_i = Σ_j x_vv ⊙ v_j + x_vs ⊗ r̂_ij`` (sums / sqrt(avg_num_neighbors))
@@ -62,7 +63,7 @@ from agedi_jax.nn.dense import (
     from_dense_checked,
     to_dense,
 )
-from agedi_jax.nn.embeddings import Conditioning
+from agedi_jax.nn.embeddings import Conditioning, Modulation
 from agedi_jax.nn.lattice_head import LatticeHead
 from agedi_jax.nn.norms import VectorNorm
 from agedi_jax.scores import Scores
@@ -259,6 +260,10 @@ class PaiNN(ScoreNetwork):
     of vector channels). Its radial basis defaults to 20 Bessel functions."""
 
     num_basis: int = 20
+    film: bool = False
+    """Modulate the (normalised) scalar inputs of every message and update block by the
+    condition (:class:`~agedi_jax.nn.embeddings.Modulation`): a multiplicative path for the
+    label and time next to the additive one (``model.network_params.film=true``)."""
 
     supports_dense = True
 
@@ -321,9 +326,13 @@ class PaiNN(ScoreNetwork):
                 pooled_in = nn.LayerNorm(name=f"norm_context_{i}")(s) if self.normalize else s
                 s = s + GlobalContext(f, name=f"context_{i}")(batch, pooled_in)
             hs, hv = norm(s, v, f"message_{i}")
+            if self.film:
+                hs = Modulation(name=f"film_message_{i}")(hs, cond, batch.graph_index)
             ds, dv = PaiNNMessage(f, self.avg_num_neighbors, name=f"message_{i}")(hs, hv, geo)
             s, v = s + ds, v + dv
             hs, hv = norm(s, v, f"update_{i}")
+            if self.film:
+                hs = Modulation(name=f"film_update_{i}")(hs, cond, batch.graph_index)
             ds, dv = PaiNNUpdate(f, name=f"update_{i}")(hs, hv)
             s, v = s + ds, v + dv
         s, v = norm(s, v, "out")

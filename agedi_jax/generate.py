@@ -48,6 +48,7 @@ from agedi_jax.cache import compiled
 from agedi_jax.config import Config, config_hash
 from agedi_jax.convert import atoms_from_batch, encode_structures, fixed_mask
 from agedi_jax.model import DiffusionModel
+from agedi_jax.runtime import release_compiled
 from agedi_jax.sde import check_batch
 from agedi_jax.vocab import MASK
 
@@ -443,8 +444,13 @@ def sample_atoms(
     dense per-structure layout for batches of small structures (PaiNN; same samples as the
     edge path up to float rounding; ``model.network_params.dense=false`` opts out). With a
     mesh every batch runs on the edge path.
+
+    A process near the kernel's memory-map limit first drops its compiled executables
+    (:func:`agedi_jax.runtime.release_compiled`), so that a long notebook session sampling
+    many shapes does not die in XLA:CPU's code allocation.
     """
     req = prepare_request(model, **{k: v for k, v in locals().items() if k not in _NOT_REQUEST})
+    release_compiled()
     s = req.config.sample
     n = len(req.structures)
     batches = [list(range(i, min(i + s.batch_size, n))) for i in range(0, n, s.batch_size)]

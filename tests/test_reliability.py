@@ -259,6 +259,16 @@ def test_released_executables_change_nothing(tmp_path, toy_data, tiny_config, tr
     assert "cleared JAX's compiled executables" in capsys.readouterr().err
     for a, b in zip(jax.tree.leaves(res.state), jax.tree.leaves(trained.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # sample_atoms checks too (a notebook session): clearing before it changes no sample
+    import agedi_jax.generate as generate_module
+
+    before = sample_atoms(trained.model, trained.state.ema_params, n_atoms=5, num_samples=2, steps=4, seed=3)
+    monkeypatch.setattr(generate_module, "release_compiled", lambda: calls.append(runtime.release_compiled(0.0)))
+    after = sample_atoms(trained.model, trained.state.ema_params, n_atoms=5, num_samples=2, steps=4, seed=3)
+    assert len(calls) == 4 and calls[-1] is (maps is not None)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a.positions, b.positions)
+        assert a.get_chemical_symbols() == b.get_chemical_symbols()
     if maps is not None:
         jax.jit(lambda x: x * 2.0 + 1.0)(np.ones(3, np.float32)).block_until_ready()
         before = runtime.memory_maps()[0]

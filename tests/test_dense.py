@@ -178,6 +178,53 @@ def test_film_conditioning_dense_equals_sparse_and_starts_as_identity():
     _close(out.positions @ rot.T, _apply(dense, params, rotated, T_CLUSTERS).positions, tol=1e-4)
 
 
+def _full_sums(p_s, a, p_vs, w_s, w_vv, w_vs, dirs):
+    """The message sums over every pair, ``w_*`` [R, P, P, S, F], ``dirs`` [R, P, P, S, 3]."""
+    ds = np.einsum("rijsf,rjf->rif", w_s, p_s)
+    dv = np.einsum("rijsf,rjcf->ricf", w_vv, a) + np.einsum("rijsf,rjf,rijsc->ricf", w_vs, p_vs, dirs)
+    return ds, dv
+
+
+@pytest.mark.parametrize("images", [(0, 0, 0), (1, 1, 0)])
+def test_mirror_sums_equal_the_sums_over_every_pair(images):
+    """The mirror layout (half of the pairs, agedi_jax.nn.painn.mirror_sums) against the
+    plain sums over every ordered pair × image, for atom counts P = 1, 2 (no mirrored
+    offset), 5 (odd) and 6 (even: the offset P/2 holds both pairs of its couples), without
+    and with periodic images (the partner of image s is image -s); and ``neighbours`` /
+    ``neighbours_t`` are each other's transposes (the backward pass)."""
+    from agedi_jax.nn.dense import DensePairs, mirror_pairs, neighbour_columns
+    from agedi_jax.nn.painn import mirror_sums, neighbours, neighbours_t
+
+    shifts = DenseLayout(atoms=1, graphs=1, images=images).shifts
+    neg = np.array([int(np.nonzero((shifts == -x).all(1))[0][0]) for x in shifts])
+    ns, r, f = len(shifts), 2, 3
+    rng = np.random.default_rng(0)
+    sums = jax.jit(mirror_sums, static_argnums=(7, 8))
+    for p in (1, 2, 5, 6):
+        # a filter symmetric and directions antisymmetric under (i, j, s) -> (j, i, -s)
+        swap = lambda x: np.transpose(x, (0, 2, 1, 3, 4))[:, :, :, neg]  # noqa: E731
+        w_s, w_vv, w_vs = (0.5 * (x + swap(x)) for x in rng.normal(size=(3, r, p, p, ns, f)).astype(np.float32))
+        d = rng.normal(size=(r, p, p, ns, 3)).astype(np.float32)
+        dirs = 0.5 * (d - swap(d))
+        self_pair = (np.eye(p, dtype=bool)[:, :, None] & (np.arange(ns) == 0)[None, None, :])[None, ..., None]
+        w_s, w_vv, w_vs = (np.where(self_pair, 0.0, x).astype(np.float32) for x in (w_s, w_vv, w_vs))
+        p_s, p_vs = rng.normal(size=(2, r, p, f)).astype(np.float32)
+        a = rng.normal(size=(r, p, 3, f)).astype(np.float32)
+        ref = _full_sums(p_s, a, p_vs, w_s, w_vv, w_vs, dirs)
+        cols, mirrored = neighbour_columns(p, ns)
+        assert len(cols) * ns <= (p * p * ns) // 2 + p * ns  # about half of the pairs
+        take = lambda x: mirror_pairs(DensePairs(x, x[..., 0], x[..., 0]), cols).vectors  # noqa: E731
+        out = sums(p_s, a, p_vs, take(w_s), take(w_vv), take(w_vs), take(dirs), cols, mirrored)
+        for x, y in zip(ref, out):
+            np.testing.assert_allclose(np.asarray(y), x, rtol=1e-5, atol=1e-5)
+    x = rng.normal(size=(r, p, 3, f)).astype(np.float32)
+    g = rng.normal(size=(r, p, len(cols), 3, f)).astype(np.float32)
+    np.testing.assert_allclose(float(jnp.vdot(neighbours(x, cols), g)), float(jnp.vdot(x, neighbours_t(g, cols))),
+                               rtol=1e-5)
+    _, vjp = jax.vjp(lambda y: neighbours(y, cols), jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(g))[0]), np.asarray(neighbours_t(g, cols)), rtol=1e-6)
+
+
 def test_dense_same_parameters():
     dense = _dense(CLUSTERS)
     p2 = jax.eval_shape(dense.init, jax.random.PRNGKey(0), CLUSTERS, T_CLUSTERS)

@@ -10,6 +10,14 @@ message sum is a masked reduction over the neighbour axis that XLA fuses with th
 products feeding it: no gather or scatter per layer, and no per-edge message is written to
 memory (only the per-pair filter, as on the edge path).
 
+The networks keep only half of that tensor, the **mirror layout**
+(:func:`neighbour_columns`, :func:`mirror_pairs`): a pair's filter depends on its length
+and its direction flips under ``(i, j, s) → (j, i, −s)``, so row ``i`` holds the neighbours
+``(i + d) mod P`` for ``d = 1 .. ⌊P/2⌋`` (and ``d = 0``, the atom's own images) and each
+entry also serves as the partner pair of atom ``(i + d) mod P``
+(:func:`agedi_jax.nn.painn.mirror_sums`): half the filter products and half the pair-sized
+memory.
+
 The layout is static (a :class:`DenseLayout` on the network: ``P``, the rows ``R`` and the
 image range), so it is chosen on the host from a concrete batch by :func:`choose_layout`
 — dense when the batch's template is complete (every pair × every image the cutoff needs)
@@ -53,6 +61,8 @@ __all__ = [
     "from_dense",
     "from_dense_checked",
     "layout_reason",
+    "mirror_pairs",
+    "neighbour_columns",
     "to_dense",
 ]
 
@@ -389,4 +399,33 @@ def dense_pairs(dbatch: AtomsBatch, layout: DenseLayout, cutoff: float) -> Dense
     return DensePairs(vectors=vec, lengths=lengths, mask=mask)
 
 
+# --------------------------------------------------------------------------------------
+# Half of the pairs: the mirror (offset) layout
+# --------------------------------------------------------------------------------------
+
+
+def neighbour_columns(atoms: int, images: int) -> tuple[tuple[int, ...], int]:
+    """The neighbour offsets kept by the mirror layout and how many of them are mirrored.
+
+    The filter of a pair depends on its length only and its direction flips sign under
+    ``(i, j, s) → (j, i, −s)``, so a network needs only one pair of each such couple. Row
+    ``i`` keeps the neighbours ``j = (i + d) mod P`` for the offsets ``d`` returned here:
+    ``0`` (the atom's own images; only when there are images), then ``1 .. ⌊P/2⌋``. The
+    first ``mirrored`` offsets after 0 (``1 ≤ d < P/2``) stand for their partner pair too
+    (atom ``j``'s neighbour ``i`` at offset ``P − d``); ``d = 0`` and, for even ``P``,
+    ``d = P/2`` already hold both pairs of every couple. About half of the ``P² · S``
+    pairs of the full layout are kept: ``P · ⌊P/2⌋ · S`` (plus ``P · S`` with images)."""
+    cols = ((0,) if images > 1 else ()) + tuple(range(1, atoms // 2 + 1))
+    return cols, (atoms - 1) // 2
+
+
+def mirror_pairs(pairs: DensePairs, cols: tuple[int, ...]) -> DensePairs:
+    """:class:`DensePairs` ``[R, P, P, S]`` restricted to the neighbour offsets ``cols``
+    (:func:`neighbour_columns`): entry ``[r, i, c, s]`` is the pair ``i ← (i + cols[c]) mod P``
+    -> ``[R, P, D, S]`` (a gather with static indices, once per call)."""
+    p = pairs.lengths.shape[1]
+    rows = np.arange(p)[:, None]
+    nbr = (rows + np.asarray(cols, np.int64)[None, :]) % p  # [P, D]
+    return DensePairs(vectors=pairs.vectors[:, rows, nbr], lengths=pairs.lengths[:, rows, nbr],
+                      mask=pairs.mask[:, rows, nbr])
 

@@ -37,12 +37,14 @@ polynomial envelope instead of Gaussians with a cosine cutoff, message sums divi
 
 from __future__ import annotations
 
+
 from functools import partial
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from agedi_jax.nn.common import (
     MLP,
@@ -61,6 +63,8 @@ from agedi_jax.nn.dense import (
     dense_map,
     dense_pairs,
     from_dense_checked,
+    mirror_pairs,
+    neighbour_columns,
     to_dense,
 )
 from agedi_jax.nn.embeddings import Conditioning, Modulation
@@ -82,13 +86,17 @@ class EdgeGeometry(NamedTuple):
 
 
 class DenseGeometry(NamedTuple):
-    """Per-pair inputs of the message blocks on the dense path (:mod:`agedi_jax.nn.dense`):
-    every ordered pair × image, with the neighbour and image axes merged into one
-    neighbour axis ``q = j·S + s`` of length ``Q = P·S``."""
+    """Per-pair inputs of the message blocks on the dense path (:mod:`agedi_jax.nn.dense`),
+    in the mirror layout: of each couple of pairs ``(i, j, s)``, ``(j, i, −s)`` only one,
+    row ``i`` holding the neighbours ``(i + cols[c]) mod P`` (:func:`agedi_jax.nn.dense.
+    neighbour_columns`), with the offset and image axes merged into one neighbour axis
+    ``q = c·S + s`` of length ``Q = D·S``."""
 
     radial: Array  # [R, P, Q, K+4] filter inputs (radial_features), then the directions
     directions: Array  # [R, P, Q, 3] (a slice of ``radial``)
     images: int  # S
+    cols: tuple  # the neighbour offsets d (D of them)
+    mirrored: int  # how many of them (after offset 0) also stand for their partner pair
 
 
 def edge_messages(phi, w, v, geo: EdgeGeometry, num_nodes: int):
@@ -101,79 +109,76 @@ def edge_messages(phi, w, v, geo: EdgeGeometry, num_nodes: int):
     return ds, dv
 
 
-def _rep(x, images: int):
-    """Per-atom ``x`` [R, P, ...] -> per neighbour slot ``q = j·S + s`` [R, P·S, ...]."""
-    return x if images == 1 else jnp.repeat(x, images, axis=1)
+def _offset_index(p: int, cols, sign: int) -> np.ndarray:
+    return (np.arange(p)[:, None] + sign * np.asarray(cols, np.int64)[None, :]) % p  # [P, D]
 
 
-def _dot3(u, g):
-    """``Σ_c u[..., c] · g[..., c, :]`` for ``u`` [..., 3] and ``g`` [..., 3, F], unrolled
-    (a three-term sum, not a reduction over a middle axis)."""
-    return u[..., 0:1] * g[..., 0, :] + u[..., 1:2] * g[..., 1, :] + u[..., 2:3] * g[..., 2, :]
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def neighbours(x, cols):
+    """``x`` [R, P, ...] at the neighbours of the mirror layout: ``out[:, i, c] =
+    x[:, (i + cols[c]) mod P]`` -> [R, P, D, ...]. For every offset the map ``i → i + d`` is
+    a permutation, so the transpose is again a gather (:func:`neighbours_t`), not a scatter."""
+    return x[:, _offset_index(x.shape[1], cols, 1)]
 
 
-def _dense_sums_value(p_s, a, p_vs, w_s, w_vv, w_vs, dirs, images):
-    ds = jnp.sum(w_s * _rep(p_s, images)[:, None], axis=2)
-    x = w_vs * _rep(p_vs, images)[:, None]  # [R, P, Q, F]
-    dv = jnp.sum(w_vv[:, :, :, None, :] * _rep(a, images)[:, None] + x[:, :, :, None, :] * dirs[..., None], axis=2)
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def neighbours_t(g, cols):
+    """The transpose of :func:`neighbours`: ``out[:, j] = Σ_c g[:, (j − cols[c]) mod P, c]``
+    for ``g`` [R, P, D, ...] -> [R, P, ...]: what each atom receives as the *neighbour* of
+    the pairs stored in other atoms' rows."""
+    src = _offset_index(g.shape[1], cols, -1)
+    col = np.broadcast_to(np.arange(len(cols))[None, :], src.shape)
+    return jnp.sum(g[:, src, col], axis=2)
+
+
+neighbours.defvjp(lambda x, cols: (neighbours(x, cols), None), lambda cols, _, g: (neighbours_t(g, cols),))
+neighbours_t.defvjp(lambda g, cols: (neighbours_t(g, cols), None), lambda cols, _, x: (neighbours(x, cols),))
+
+
+def mirror_sums(p_s, a, p_vs, w_s, w_vv, w_vs, dirs, cols, mirrored):
+    """PaiNN's message sums from half of the pairs. For atom ``i`` of row ``r``::
+
+        Δs_i = Σ_(j,s) w_s[i, j, s] ⊙ p_s[j]
+        Δv_i = Σ_(j,s) w_vv[i, j, s] ⊙ a[j] + w_vs[i, j, s] ⊙ p_vs[j] ⊗ r̂[i, j, s]
+
+    over all neighbours ``j`` and images ``s``, with ``p_s, p_vs`` [R, P, F], ``a`` [R, P, 3, F].
+    The filters ``w_*`` [R, P, D, S, F] and directions ``dirs`` [R, P, D, S, 3] are given
+    for the mirror layout only: the pair ``i ← j``, ``j = (i + cols[c]) mod P``, at
+    ``[r, i, c, s]`` (zero filters on masked pairs). Atom ``i`` receives its own row's pairs
+    (sums over the neighbour axes, which XLA fuses with the products feeding them) and, for
+    the ``mirrored`` offsets, the partner ``j ← i`` of every entry of the rows ``k = i − d``:
+    the same filter (it depends on the length only), the reversed direction, the message
+    of atom ``k`` (:func:`neighbours_t`). Half the filter work of the full ``[R, P, P, S]``
+    layout and no gather or scatter of pair-sized arrays; the backward pass (autodiff)
+    needs no sum over a receiver axis either, as :func:`neighbours` and
+    :func:`neighbours_t` are each other's transposes."""
+    ds = jnp.sum(w_s * neighbours(p_s, cols)[:, :, :, None], axis=(2, 3))
+    x = w_vs * neighbours(p_vs, cols)[:, :, :, None]  # [R, P, D, S, F]
+    dv = jnp.sum(w_vv[..., None, :] * neighbours(a, cols)[:, :, :, None] + x[..., None, :] * dirs[..., None],
+                 axis=(2, 3))
+    if mirrored:
+        m = slice(int(cols[0] == 0), int(cols[0] == 0) + mirrored)
+        zs = jnp.sum(w_s[:, :, m], axis=3) * p_s[:, :, None]  # [R, P, M, F]
+        zv = (jnp.sum(w_vv[:, :, m], axis=3)[..., None, :] * a[:, :, None]
+              - jnp.sum(w_vs[:, :, m][..., None, :] * dirs[:, :, m][..., None], axis=3) * p_vs[:, :, None, None])
+        ds = ds + neighbours_t(zs, cols[m])
+        dv = dv + neighbours_t(zv, cols[m])
     return ds, dv
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(7,))
-def dense_sums(p_s, a, p_vs, w_s, w_vv, w_vs, dirs, images):
-    """PaiNN's message sums on the dense layout, for atom ``i`` of row ``r``::
-
-        Δs_i = Σ_q w_s[i, q] ⊙ p_s[j(q)]
-        Δv_i = Σ_q w_vv[i, q] ⊙ a[j(q)] + w_vs[i, q] ⊙ p_vs[j(q)] ⊗ r̂[i, q]
-
-    over the neighbour slots ``q = j·S + s`` (atom ``j``, image ``s``), with ``p_s, p_vs``
-    [R, P, F], ``a`` [R, P, 3, F], ``w_*`` [R, P, Q, F], ``dirs`` [R, P, Q, 3]. The backward
-    pass uses that the filters are symmetric and the directions antisymmetric under
-    ``(i, j, s) → (j, i, −s)``, so that each of its sums is again over the neighbour axis
-    of a receiver's row (autodiff sums over the receiver axis instead, several times
-    slower on the CPU); three-component sums are unrolled."""
-    return _dense_sums_value(p_s, a, p_vs, w_s, w_vv, w_vs, dirs, images)
-
-
-def _dense_sums_fwd(p_s, a, p_vs, w_s, w_vv, w_vs, dirs, images):
-    out = _dense_sums_value(p_s, a, p_vs, w_s, w_vv, w_vs, dirs, images)
-    return out, (p_s, a, p_vs, w_s, w_vv, w_vs, dirs)
-
-
-def _dense_sums_bwd(images, res, g):
-    p_s, a, p_vs, w_s, w_vv, w_vs, dirs = res
-    g_s, g_v = g  # [R, P, F], [R, P, 3, F]
-    r, p, q, f = w_s.shape
-    g_s_n, g_v_n = _rep(g_s, images)[:, None], _rep(g_v, images)[:, None]  # [R, 1, Q, (3,) F]
-    # inputs: by the symmetry, the receiver sums of the transpose are neighbour sums
-    d_ps = jnp.sum(w_s * g_s_n, axis=2)
-    d_a = jnp.sum(w_vv[:, :, :, None, :] * g_v_n, axis=2)
-    d_pvs = -jnp.sum(w_vs * _dot3(dirs, g_v_n), axis=2)
-    # filters and directions: products of receiver and neighbour terms
-    a_n, p_s_n, p_vs_n = _rep(a, images)[:, None], _rep(p_s, images)[:, None], _rep(p_vs, images)[:, None]
-    g_v_i = g_v[:, :, None]  # [R, P, 1, 3, F]
-    d_ws = g_s[:, :, None, :] * p_s_n
-    d_wvv = a_n[..., 0, :] * g_v_i[..., 0, :] + a_n[..., 1, :] * g_v_i[..., 1, :] + a_n[..., 2, :] * g_v_i[..., 2, :]
-    d_wvs = p_vs_n * _dot3(dirs, g_v_i)
-    d_dirs = jnp.sum((w_vs * p_vs_n)[:, :, :, None, :] * g_v_i, axis=-1)  # [R, P, Q, 3]
-    return d_ps, d_a, d_pvs, d_ws, d_wvv, d_wvs, d_dirs
-
-
-dense_sums.defvjp(_dense_sums_fwd, _dense_sums_bwd)
-
-
 def dense_messages(phi, w, v, geo: DenseGeometry):
-    """The message sums on the dense layout (:func:`dense_sums`): masked reductions over
-    the neighbour axis, which XLA fuses with the products feeding them (no gather, no
-    scatter, no pair-sized message in memory). The filters ``w = (w_s, w_vv, w_vs)``
-    [R, P, Q, F] are zero on masked pairs."""
+    """The message sums on the dense layout (:func:`mirror_sums`) for the filters
+    ``w = (w_s, w_vv, w_vs)`` [R, P, Q, F] of the mirror pairs; returns ``(Δs [n, F],
+    Δv [n, 3, F])`` on the dense atom rows."""
     w_s, w_vv, w_vs = w
     r, p, _, f = w_s.shape
     phi = phi.reshape(r, p, 3 * f)
     v = v.reshape(r, p, 3, f)
     p_s, p_vv, p_vs = jnp.split(phi, 3, axis=-1)  # [R, P, F]
     a = p_vv[:, :, None, :] * v  # [R, P, 3, F]
-    ds, dv = dense_sums(p_s, a, p_vs, w_s, w_vv, w_vs, geo.directions, geo.images)
+    shape = (r, p, len(geo.cols), geo.images)
+    ds, dv = mirror_sums(p_s, a, p_vs, *(x.reshape(*shape, f) for x in w),
+                         geo.directions.reshape(*shape, 3), geo.cols, geo.mirrored)
     return ds.reshape(r * p, f), dv.reshape(r * p, 3, f)
 
 
@@ -190,7 +195,7 @@ class PaiNNMessage(nn.Module):
         phi = MLP((f, 3 * f), activation=nn.silu, name="phi")(s)  # [n, 3F]
         dense = isinstance(geo, DenseGeometry)
         if dense:
-            w = RadialFilter(3 * f, splits=3, name="filter")(geo.radial, extra=3)
+            w = RadialFilter(3 * f, splits=3, name="filter")(geo.radial, extra=3, after=s)
             ds, dv = dense_messages(phi, w, v, geo)
         else:
             w = RadialFilter(3 * f, name="filter")(geo.radial)
@@ -285,15 +290,22 @@ class PaiNN(ScoreNetwork):
             label = None if label is None else label[: layout.graphs]
             type_weights = to_dense(type_weights, dmap)
             pairs = dense_pairs(batch, layout, self.cutoff)
-            r, p, _, ns = pairs.lengths.shape
+            # half of the pairs: one of each couple (i, j, s), (j, i, -s) (mirror_sums)
+            cols, mirrored = neighbour_columns(layout.atoms, layout.num_shifts)
+            pairs = mirror_pairs(pairs, cols)
+            r, p, nq, ns = pairs.lengths.shape
             # one pair-sized array [basis·u², u, r̂] for all layers: the filters' matrix
             # product reads it (zero weights on r̂), so XLA materialises it once, and the
             # pair sums read r̂ from it (computed in the sums, the masks, square root and
             # division would be redone for every feature of every layer)
             packed = jnp.concatenate([
                 radial_features(pairs.lengths, self.num_basis, self.cutoff, self.envelope_p),
-                unit_vectors(pairs.vectors)], axis=-1).reshape(r, p, p * ns, self.num_basis + 4)
-            geo = DenseGeometry(radial=packed, directions=packed[..., -3:], images=ns)
+                unit_vectors(pairs.vectors)], axis=-1).reshape(r, p, nq * ns, self.num_basis + 4)
+            # computed once: without the barrier XLA fuses a copy of it into the filters'
+            # products and another into the pair sums (the Bessel basis evaluated twice)
+            packed = jax.lax.optimization_barrier(packed)
+            geo = DenseGeometry(radial=packed, directions=packed[..., -3:], images=ns, cols=cols,
+                                mirrored=mirrored)
         else:
             geo = EdgeGeometry(
                 radial=radial_features(edges.lengths, self.num_basis, self.cutoff, self.envelope_p),

@@ -200,9 +200,12 @@ def test_mirror_sums_equal_the_sums_over_every_pair(images):
     ns, r, f = len(shifts), 2, 3
     rng = np.random.default_rng(0)
     sums = jax.jit(mirror_sums, static_argnums=(7, 8))
+
+    def swap(x):
+        return np.transpose(x, (0, 2, 1, 3, 4))[:, :, :, neg]
+
     for p in (1, 2, 5, 6):
         # a filter symmetric and directions antisymmetric under (i, j, s) -> (j, i, -s)
-        swap = lambda x: np.transpose(x, (0, 2, 1, 3, 4))[:, :, :, neg]  # noqa: E731
         w_s, w_vv, w_vs = (0.5 * (x + swap(x)) for x in rng.normal(size=(3, r, p, p, ns, f)).astype(np.float32))
         d = rng.normal(size=(r, p, p, ns, 3)).astype(np.float32)
         dirs = 0.5 * (d - swap(d))
@@ -213,8 +216,8 @@ def test_mirror_sums_equal_the_sums_over_every_pair(images):
         ref = _full_sums(p_s, a, p_vs, w_s, w_vv, w_vs, dirs)
         cols, mirrored = neighbour_columns(p, ns)
         assert len(cols) * ns <= (p * p * ns) // 2 + p * ns  # about half of the pairs
-        take = lambda x: mirror_pairs(DensePairs(x, x[..., 0], x[..., 0]), cols).vectors  # noqa: E731
-        out = sums(p_s, a, p_vs, take(w_s), take(w_vv), take(w_vs), take(dirs), cols, mirrored)
+        half = [mirror_pairs(DensePairs(x, x[..., 0], x[..., 0]), cols).vectors for x in (w_s, w_vv, w_vs, dirs)]
+        out = sums(p_s, a, p_vs, *half, cols, mirrored)
         for x, y in zip(ref, out):
             np.testing.assert_allclose(np.asarray(y), x, rtol=1e-5, atol=1e-5)
     x = rng.normal(size=(r, p, 3, f)).astype(np.float32)

@@ -37,7 +37,6 @@ polynomial envelope instead of Gaussians with a cosine cutoff, message sums divi
 
 from __future__ import annotations
 
-
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -170,8 +169,7 @@ def dense_messages(phi, w, v, geo: DenseGeometry):
     """The message sums on the dense layout (:func:`mirror_sums`) for the filters
     ``w = (w_s, w_vv, w_vs)`` [R, P, Q, F] of the mirror pairs; returns ``(Δs [n, F],
     Δv [n, 3, F])`` on the dense atom rows."""
-    w_s, w_vv, w_vs = w
-    r, p, _, f = w_s.shape
+    r, p, _, f = w[0].shape
     phi = phi.reshape(r, p, 3 * f)
     v = v.reshape(r, p, 3, f)
     p_s, p_vv, p_vs = jnp.split(phi, 3, axis=-1)  # [R, P, F]

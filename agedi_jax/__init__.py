@@ -30,7 +30,9 @@ README's "Architecture" section; in short, from the bottom up:
   :mod:`~agedi_jax.runlog`, :mod:`~agedi_jax.parallel` (mesh layout), :mod:`~agedi_jax.cli`;
 * :mod:`~agedi_jax.evaluation` — precision–recall, descriptors, validity, energetics.
 
-Importing the package changes no global JAX setting unless asked: set
+Importing the package changes one global JAX setting: it keeps XLA:CPU's YNNPACK fusions to
+dot products (:func:`agedi_jax.runtime.tune_xla`; 5-8x faster training steps of the dense
+cluster layout, ``AGEDI_JAX_TUNE_XLA=0`` opts out). Anything else only when asked: set
 ``AGEDI_JAX_CACHE=/path`` to enable JAX's persistent compilation cache for any use of the
 package (the command line enables ``~/.cache/agedi_jax/xla`` by default).
 """
@@ -39,6 +41,10 @@ from __future__ import annotations
 
 import importlib as _importlib
 import os as _os
+
+from agedi_jax.runtime import tune_xla as _tune_xla
+
+_tune_xla()  # before JAX starts a backend: XLA reads XLA_FLAGS once
 
 __version__ = "0.1.0"
 

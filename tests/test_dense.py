@@ -10,6 +10,7 @@ Small networks and batches: compilation dominates on the CPU.
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -345,6 +346,44 @@ def test_tune_malloc_opt_out(monkeypatch):
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     assert runtime.tune_malloc(force=True)["reason"] in ("mallopt", "no glibc", "mallopt refused")
+
+
+def test_tune_xla_sets_the_flag_before_jax_starts(monkeypatch):
+    """``import agedi_jax`` (conftest imports it before any computation) added the YNNPACK
+    option where this jaxlib knows it; the opt-out, a user's own setting and a started
+    backend leave XLA_FLAGS alone; an option jaxlib lacks is never added (XLA would abort)."""
+    import subprocess
+    import sys
+
+    from agedi_jax import runtime
+
+    first = runtime.xla_settings()
+    knows = runtime._jaxlib_knows("xla_cpu_experimental_ynn_fusion_type")
+    assert first["applied"] == knows, first
+    assert (runtime.XLA_CPU_FLAG in os.environ.get("XLA_FLAGS", "")) == knows
+    assert not runtime._jaxlib_knows("xla_cpu_no_such_option_in_any_release")
+    try:
+        monkeypatch.setenv(runtime.TUNE_XLA_ENV, "off")
+        assert runtime.tune_xla(force=True)["reason"] == "AGEDI_JAX_TUNE_XLA=0"
+        monkeypatch.delenv(runtime.TUNE_XLA_ENV)
+        monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise")
+        assert runtime.tune_xla(force=True)["reason"].startswith("XLA_FLAGS already sets")
+        assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise"
+        monkeypatch.setenv("XLA_FLAGS", "")
+        jnp.zeros(1).block_until_ready()  # the backend of this process has started
+        assert runtime.tune_xla(force=True) == {"applied": False, "flag": runtime.XLA_CPU_FLAG,
+                                                "reason": "JAX's backends had started before agedi_jax was imported"}
+        assert os.environ["XLA_FLAGS"] == ""
+    finally:
+        runtime._XLA_STATE.clear()
+        runtime._XLA_STATE.update(first)
+    # a fresh process: the flag is in XLA_FLAGS when JAX starts, and JAX starts with it
+    code = ("import os, agedi_jax, jax.numpy as jnp; print(float(jnp.ones(3).sum())); "
+            "print(os.environ.get('XLA_FLAGS', ''))")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", runtime.TUNE_XLA_ENV)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[0] == "3.0"
+    assert (runtime.XLA_CPU_FLAG in out.stdout) == knows
 
 
 # --------------------------------------------------------------------------------------

@@ -71,9 +71,6 @@ C2DB: dict[str, Row] = {
                                  note="t_beta_film_30k model, 300 Euler-Maruyama steps"),
     "t_beta_film_30k_em300_seed1": Row(evaluation={"steps": 300, "seed": 1}, of="t_beta_film_30k",
                                        note="t_beta_film_30k_em300 with another sampling seed"),
-    "cpu_film_em100_mirror": Row(of="experiments/two_d/runs/cpu_film",
-                                 note="committed FiLM model (t_beta_film_30k's parameters), EM 100, its network on the "
-                                      "mirror layout (half of the pairs, 2026-12-01): a check of the new dense path"),
     "wide": Row(("model.features=96",), note="PaiNN 96x3 (capacity at equal wall time)"),
     "nequip": Row(("model.network=nequip", "model.features=64", "model.vector_features=32", "model.l_max=2"),
                   note="NequIP 64x3, l_max 2 (higher l at equal wall time)"),

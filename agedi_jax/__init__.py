@@ -30,9 +30,9 @@ README's "Architecture" section; in short, from the bottom up:
   :mod:`~agedi_jax.runlog`, :mod:`~agedi_jax.parallel` (mesh layout), :mod:`~agedi_jax.cli`;
 * :mod:`~agedi_jax.evaluation` — precision–recall, descriptors, validity, energetics.
 
-Importing the package changes one global JAX setting: it keeps XLA:CPU's YNNPACK fusions to
-dot products (:func:`agedi_jax.runtime.tune_xla`; 5-8x faster training steps of the dense
-cluster layout, ``AGEDI_JAX_TUNE_XLA=0`` opts out). Anything else only when asked: set
+Importing the package changes one global JAX setting: it turns XLA:CPU's YNNPACK fusions
+off (:func:`agedi_jax.runtime.tune_xla`; 5-8x faster training steps of the dense cluster
+layout with jaxlib 0.10, ``AGEDI_JAX_TUNE_XLA=0`` opts out). Anything else only when asked: set
 ``AGEDI_JAX_CACHE=/path`` to enable JAX's persistent compilation cache for any use of the
 package (the command line enables ``~/.cache/agedi_jax/xla`` by default).
 """

@@ -25,17 +25,24 @@ unmapped; the next call of each jitted function compiles again, or loads it from
 persistent compilation cache); the training loop (:func:`agedi_jax.train.fit`) calls it
 every ``train.log_every`` steps, and so can a notebook.
 
-XLA on the CPU (jaxlib 0.10) hands elementwise work, reductions and dot products to YNNPACK
-fusions by default. For the package's networks that default is slow: on the 64 × Pt13
-benchmark (2026-12-08, Intel Xeon, 2 threads) the training step takes 230–344 ms with it and
-42–46 ms with YNNPACK kept to dot products (``--xla_cpu_experimental_ynn_fusion_type=dot``),
-the forward pass 21 vs 10–13 ms; a C2DB training step is 1.26× faster. :func:`tune_xla`
-adds that flag to ``XLA_FLAGS``; ``import agedi_jax`` calls it, since XLA reads the flags
-once, when JAX starts its first backend (an ``XLA_FLAGS`` that already names the option
-wins; ``AGEDI_JAX_TUNE_XLA=0`` leaves the flags alone). It is added only when the installed
-jaxlib knows the option (older releases have neither the option nor the slow default, and
-XLA stops the process on an unknown flag), and has no effect when a JAX computation ran
-before the package was imported.
+XLA on the CPU (jaxlib 0.10) hands some fusions to YNNPACK by default, among them
+multiply-and-reduce patterns over a short axis, as in the backward pass of PaiNN's vector
+messages (a sum over the 3 Cartesian components of pair-sized arrays). For the package's
+networks that default is slow: on the 64 × Pt13 benchmark (2026-12-08, Intel Xeon, 1 thread)
+the training step takes 523 ms with it and 65 ms without (nine such fusions take 25–33 ms
+each), with 2 threads 230–344 ms against 42–46 ms; a C2DB training step is 1.26× faster
+without. :func:`tune_xla` switches the YNNPACK fusions off (an empty
+``--xla_cpu_experimental_ynn_fusion_type=``: XLA's own code for every op). Not ``=dot``, which
+the benchmark scripts used before: YNNPACK's dot fusions are as fast here but gave a wrong
+(infinite) parameter gradient for a small force-field model (16 features, one layer, forces
+by differentiation), where XLA's own code and the other settings agree
+(``tests/test_forcefield.py::test_joint_training_reduces_energy_and_force_errors`` turns NaN
+with ``=dot``). ``import agedi_jax`` calls :func:`tune_xla`, since XLA reads the flags once,
+when JAX starts its first backend (an ``XLA_FLAGS`` that already names the option wins;
+``AGEDI_JAX_TUNE_XLA=0`` leaves the flags alone). It is added only when the installed jaxlib
+knows the option (older releases have neither the option nor YNNPACK fusions, and XLA stops
+the process on an unknown flag), and has no effect when a JAX computation ran before the
+package was imported.
 """
 
 from __future__ import annotations
@@ -67,8 +74,8 @@ MALLOC_THRESHOLD = 1 << 30
 TUNE_XLA_ENV = "AGEDI_JAX_TUNE_XLA"
 """Environment variable: ``0`` (or ``false``, ``no``, ``off``) leaves ``XLA_FLAGS`` alone."""
 
-XLA_CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type=dot"
-"""The XLA:CPU option :func:`tune_xla` sets: YNNPACK fuses dot products only."""
+XLA_CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
+"""The XLA:CPU option :func:`tune_xla` sets: no YNNPACK fusion (the list of fusion types empty)."""
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3

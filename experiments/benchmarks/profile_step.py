@@ -38,7 +38,10 @@ if __name__ == "__main__":
     from experiments.benchmarks import run_all as _ra
 
     _threads = 1 if "--threads" in sys.argv and sys.argv[sys.argv.index("--threads") + 1] == "1" else 0
-    _flags = ["--xla_cpu_experimental_ynn_fusion_type=dot"]
+    # the package's setting (agedi_jax.runtime.tune_xla: no YNNPACK fusion); --default-xla: XLA's default
+    _flags = [] if "--default-xla" in sys.argv else ["--xla_cpu_experimental_ynn_fusion_type="]
+    if "--default-xla" in sys.argv:
+        os.environ["AGEDI_JAX_TUNE_XLA"] = "0"
     if _threads == 1:
         _flags += ["--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"]
         os.sched_setaffinity(0, {0})
@@ -264,6 +267,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--calls", type=int, default=10, help="steps in the profiler trace")
     p.add_argument("--hlo", help="also write the optimised HLO text here")
+    p.add_argument("--default-xla", action="store_true", help="XLA's default fusions (YNNPACK's included) instead of the package's setting")
     p.add_argument("--json", default=str(RESULTS / "profile_step.json"))
     args = p.parse_args(argv)
 

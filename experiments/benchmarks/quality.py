@@ -35,10 +35,13 @@ import sys
 
 # Process-wide settings of the benchmarks (README): glibc keeps freed memory in one heap
 # (XLA's per-call temporary buffer is otherwise faulted in again at every call), and
-# YNNPACK fuses only dot products. Must be set before jax starts.
+# no YNNPACK fusion (agedi_jax.runtime.tune_xla, which ``import agedi_jax`` applies too).
+# Must be set before jax starts.
 os.environ.setdefault("MALLOC_ARENA_MAX", "1")
-if "--default-xla" not in sys.argv:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=dot").strip()
+if "--default-xla" in sys.argv:
+    os.environ["AGEDI_JAX_TUNE_XLA"] = "0"
+else:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=").strip()
 
 import argparse  # noqa: E402
 import json  # noqa: E402

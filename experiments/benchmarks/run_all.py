@@ -27,8 +27,9 @@ Sections (``--sections``; default all but the slow reruns):
 Process settings (recorded in the JSON; ``--no-tuning`` leaves them out): glibc keeps freed
 memory in one heap (``mallopt`` M_ARENA_MAX = 1, mmap and trim thresholds 1 GiB) — XLA's
 temporary buffer of a call (≈ 100 MB for the training step) is otherwise mmap'ed by a
-worker thread's arena and faulted in again, page by page, at every call; YNNPACK fuses only
-dot products (``--xla_cpu_experimental_ynn_fusion_type=dot``); OpenMP waits passively (for
+worker thread's arena and faulted in again, page by page, at every call; no YNNPACK fusion
+(``--xla_cpu_experimental_ynn_fusion_type=``, as ``agedi_jax.runtime.tune_xla``; ``=dot``
+before 2026-12-08); OpenMP waits passively (for
 torch). Timings: median of ``--repeats`` calls after warm-up, with quartiles, process CPU
 time and the load average, because the machine is shared.
 
@@ -63,7 +64,9 @@ def _process_settings() -> dict:
 SETTINGS: dict = {"tuned": TUNED}
 if TUNED:
     SETTINGS.update(_process_settings())
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=dot").strip()
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=").strip()
+else:
+    os.environ["AGEDI_JAX_TUNE_XLA"] = "0"
 SETTINGS["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
 SETTINGS["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "")
 

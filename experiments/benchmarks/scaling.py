@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.no_tuning and "jax" not in sys.modules:  # run_all.py's process settings
         R._process_settings()
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=dot").strip()
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=").strip()
+    elif args.no_tuning:
+        os.environ["AGEDI_JAX_TUNE_XLA"] = "0"
     args.json.parent.mkdir(parents=True, exist_ok=True)
     res = run(args.networks, args.batches, args.atoms, args.base_batch, args.base_atoms, args.repeats, args.json)
     for k, v in res["linearity"].items():

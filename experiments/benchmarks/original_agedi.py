@@ -374,7 +374,9 @@ def child_env(side: str, threads: int) -> dict:
     env.update(OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                OPENBLAS_NUM_THREADS=str(threads))
     if side == "jax":
-        flags = ["--xla_cpu_experimental_ynn_fusion_type="]  # the package's own setting (runtime.tune_xla)
+        from agedi_jax.runtime import XLA_CPU_FLAG
+
+        flags = [XLA_CPU_FLAG]  # the package's own setting (runtime.tune_xla)
         if threads == 1:
             flags += ["--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"]
         env["XLA_FLAGS"] = " ".join(flags)

@@ -35,13 +35,14 @@ import os
 import sys
 
 if __name__ == "__main__":
+    if "--default-xla" in sys.argv:
+        os.environ["AGEDI_JAX_TUNE_XLA"] = "0"
     from experiments.benchmarks import run_all as _ra
 
     _threads = 1 if "--threads" in sys.argv and sys.argv[sys.argv.index("--threads") + 1] == "1" else 0
-    # the package's setting (agedi_jax.runtime.tune_xla: no YNNPACK fusion); --default-xla: XLA's default
-    _flags = [] if "--default-xla" in sys.argv else ["--xla_cpu_experimental_ynn_fusion_type="]
-    if "--default-xla" in sys.argv:
-        os.environ["AGEDI_JAX_TUNE_XLA"] = "0"
+    # the package's setting (agedi_jax.runtime.tune_xla, applied by the import of run_all's
+    # agedi_jax: no YNNPACK fusion); --default-xla: XLA's default
+    _flags = []
     if _threads == 1:
         _flags += ["--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"]
         os.sched_setaffinity(0, {0})

@@ -40,8 +40,8 @@ import sys
 os.environ.setdefault("MALLOC_ARENA_MAX", "1")
 if "--default-xla" in sys.argv:
     os.environ["AGEDI_JAX_TUNE_XLA"] = "0"
-else:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=").strip()
+
+import agedi_jax.runtime  # noqa: E402,F401  (applies tune_xla unless opted out above)
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -64,9 +64,9 @@ def _process_settings() -> dict:
 SETTINGS: dict = {"tuned": TUNED}
 if TUNED:
     SETTINGS.update(_process_settings())
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=").strip()
-else:
+elif __name__ == "__main__":  # --no-tuning: XLA's default fusions too
     os.environ["AGEDI_JAX_TUNE_XLA"] = "0"
+import agedi_jax.runtime  # noqa: E402,F401  (tune_xla: no YNNPACK fusion unless opted out above)
 SETTINGS["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
 SETTINGS["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "")
 

@@ -155,9 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.no_tuning and "jax" not in sys.modules:  # run_all.py's process settings
         R._process_settings()
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=").strip()
-    elif args.no_tuning:
-        os.environ["AGEDI_JAX_TUNE_XLA"] = "0"
+    elif args.no_tuning and "jax" not in sys.modules:  # XLA's default: drop what importing agedi_jax set
+        from agedi_jax.runtime import XLA_CPU_FLAG
+
+        os.environ["XLA_FLAGS"] = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f != XLA_CPU_FLAG)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     res = run(args.networks, args.batches, args.atoms, args.base_batch, args.base_atoms, args.repeats, args.json)
     for k, v in res["linearity"].items():
